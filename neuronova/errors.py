@@ -1,0 +1,118 @@
+"""One error hierarchy for every front door.
+
+Each error carries the DICOM status a DIMSE handler answers, the HTTP status and the error code the REST
+API answers, so the C-STORE listener, STOW-RS and the predict/status APIs report a failure the same way.
+"""
+
+from __future__ import annotations
+
+
+class NeuroNovaError(Exception):
+    """Root of the node's errors."""
+
+    #: DIMSE status for C-STORE (0xC000..0xCFFF: "cannot understand"; 0xA7xx: out of resources).
+    dicom_status: int = 0xC000
+    #: HTTP status and the API's error code (the backend guide's table).
+    http_status: int = 500
+    code: str = "INTERNAL_SERVER_ERROR"
+
+    def __init__(self, message: str, *, code: str | None = None, http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if http_status is not None:
+            self.http_status = http_status
+
+    def to_json(self) -> dict[str, object]:
+        return {"success": False, "error": {"code": self.code, "message": self.message}}
+
+
+class ConfigError(NeuroNovaError):
+    """A setting is missing or invalid; the message names the setting."""
+
+
+class InvalidRequest(NeuroNovaError):
+    http_status = 400
+    code = "INVALID_REQUEST"
+
+
+class InvalidDicom(NeuroNovaError):
+    """The payload is not a DICOM instance we can store (truncated, not DICOM, missing UIDs)."""
+
+    dicom_status = 0xC210  # Cannot understand: dataset does not match SOP class / unreadable
+    http_status = 400
+    code = "INVALID_IMAGE_FORMAT"
+
+
+class InvalidUID(InvalidDicom):
+    """A UID that is not a valid DICOM UID (it would otherwise name a file)."""
+
+    dicom_status = 0xC211
+
+
+class DuplicateConflict(NeuroNovaError):
+    """Same SOP Instance UID as a stored instance, different content (policy: reject, keep the stored one)."""
+
+    dicom_status = 0x0111  # PS3.7 C.4.1: Duplicate SOP Instance
+    http_status = 409
+    code = "DUPLICATE_CONFLICT"
+
+
+class OutOfResources(NeuroNovaError):
+    """Disk full or similar; the sender should retry later."""
+
+    dicom_status = 0xA700
+    http_status = 507
+    code = "OUT_OF_RESOURCES"
+
+
+class PayloadTooLarge(NeuroNovaError):
+    http_status = 413
+    code = "IMAGE_TOO_LARGE"
+
+
+class UnsupportedMediaType(NeuroNovaError):
+    http_status = 415
+    code = "INVALID_REQUEST"
+
+
+class NotFound(NeuroNovaError):
+    http_status = 404
+    code = "NOT_FOUND"
+
+
+class Unauthorized(NeuroNovaError):
+    http_status = 401
+    code = "UNAUTHORIZED"
+
+
+class RateLimited(NeuroNovaError):
+    http_status = 429
+    code = "RATE_LIMIT_EXCEEDED"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ModelNotLoaded(NeuroNovaError):
+    http_status = 503
+    code = "MODEL_NOT_LOADED"
+
+
+class ModelInferenceError(NeuroNovaError):
+    http_status = 500
+    code = "MODEL_INFERENCE_ERROR"
+
+
+class XAIGenerationError(NeuroNovaError):
+    http_status = 500
+    code = "XAI_GENERATION_ERROR"
+
+
+class SeriesError(NeuroNovaError):
+    """A series cannot be turned into a consistent volume (mixed orientation, gaps, missing pixels)."""
+
+    http_status = 400
+    code = "INVALID_SERIES"

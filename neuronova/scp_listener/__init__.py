@@ -1,0 +1,5 @@
+"""DICOM C-STORE / C-ECHO listener (pynetdicom)."""
+
+from neuronova.scp_listener.server import start_listener
+
+__all__ = ["start_listener"]

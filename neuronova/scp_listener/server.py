@@ -1,0 +1,92 @@
+"""The DIMSE listener: an Application Entity accepting C-ECHO and the storage SOP classes of a brain study."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from pydicom import uid as pduid
+from pynetdicom import AE, StoragePresentationContexts
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from neuronova.scp_listener.handlers import handlers
+from neuronova.store import InstanceStore, StoreResult
+
+log = logging.getLogger(__name__)
+
+#: The instance is stored as received, never decoded here, so every transfer syntax below is accepted as is;
+#: pipelines decode compressed pixel data later (pylibjpeg).
+TRANSFER_SYNTAXES = [
+    pduid.ExplicitVRLittleEndian,
+    pduid.ImplicitVRLittleEndian,
+    pduid.ExplicitVRBigEndian,
+    pduid.JPEGBaseline8Bit,
+    pduid.JPEGExtended12Bit,
+    pduid.JPEGLossless,
+    pduid.JPEGLosslessSV1,
+    pduid.JPEGLSLossless,
+    pduid.JPEGLSNearLossless,
+    pduid.JPEG2000Lossless,
+    pduid.JPEG2000,
+    pduid.RLELossless,
+]
+
+#: The storage SOP classes of a brain CT/MR study and of the node's own results.
+STORAGE_SOP_CLASSES = [
+    "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
+    "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT Image Storage
+    "1.2.840.10008.5.1.4.1.1.4",  # MR Image Storage
+    "1.2.840.10008.5.1.4.1.1.4.1",  # Enhanced MR Image Storage
+    "1.2.840.10008.5.1.4.1.1.4.3",  # Enhanced MR Color Image Storage
+    "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image Storage
+    "1.2.840.10008.5.1.4.1.1.7.1",  # Multi-frame Single Bit SC
+    "1.2.840.10008.5.1.4.1.1.7.2",  # Multi-frame Grayscale Byte SC
+    "1.2.840.10008.5.1.4.1.1.7.3",  # Multi-frame Grayscale Word SC
+    "1.2.840.10008.5.1.4.1.1.7.4",  # Multi-frame True Color SC
+    "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation Storage
+    "1.2.840.10008.5.1.4.1.1.88.11",  # Basic Text SR
+    "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
+    "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
+    "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR
+    "1.2.840.10008.5.1.4.1.1.128",  # PET Image Storage (fusion studies carry it)
+    "1.2.840.10008.5.1.4.1.1.11.1",  # Grayscale Softcopy Presentation State
+    "1.2.840.10008.5.1.4.1.1.104.1",  # Encapsulated PDF
+    "1.2.840.10008.5.1.4.1.1.481.3",  # RT Structure Set
+]
+
+#: Receive large PDUs: fewer, bigger reads (the sender chooses up to this size).
+MAX_PDU = 4 * 1024 * 1024
+
+
+def make_ae(*, ae_title: str, allowed_aes: tuple[str, ...] = ()) -> AE:
+    ae = AE(ae_title=ae_title)
+    ae.maximum_pdu_size = MAX_PDU
+    ae.require_calling_aet = list(allowed_aes)
+    ae.add_supported_context(Verification)
+    for sop_class in STORAGE_SOP_CLASSES:
+        ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
+    ae.maximum_associations = 32
+    ae.network_timeout = 60
+    ae.acse_timeout = 30
+    ae.dimse_timeout = 60
+    return ae
+
+
+def start_listener(
+    store: InstanceStore,
+    *,
+    host: str,
+    port: int,
+    ae_title: str,
+    allowed_aes: tuple[str, ...] = (),
+    on_stored: Callable[[StoreResult], None] | None = None,
+) -> ThreadedAssociationServer:
+    """Start listening in background threads; ``server.shutdown()`` stops it."""
+    ae = make_ae(ae_title=ae_title, allowed_aes=allowed_aes)
+    server = ae.start_server((host, port), block=False, evt_handlers=handlers(store, on_stored))
+    log.info("DIMSE listener %s on %s:%d", ae_title, host, server.server_address[1])
+    return server
+
+
+__all__ = ["STORAGE_SOP_CLASSES", "StoragePresentationContexts", "TRANSFER_SYNTAXES", "make_ae", "start_listener"]

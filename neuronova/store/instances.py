@@ -1,0 +1,174 @@
+"""Durable instance storage: write to a temporary file, fsync, check, rename into place, fsync the directory,
+index; only then may a front door answer success.
+
+Layout: ``<data_dir>/instances/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm``; every UID is validated before
+it names a path, so nothing can be written outside the data directory.
+"""
+
+from __future__ import annotations
+
+import errno
+import filecmp
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from neuronova.errors import DuplicateConflict, InvalidDicom, NeuroNovaError, OutOfResources
+from neuronova.store.index import Index
+from neuronova.store.scan import ScannedInstance, scan_part10
+from neuronova.store.uids import validate_uid
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    instance: ScannedInstance
+    #: "stored", "duplicate" (identical content already held) or "replaced".
+    outcome: str
+    path: Path
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _disk_error(exc: OSError) -> NeuroNovaError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutOfResources("no space left in the data directory")
+    return OutOfResources(f"cannot write to the data directory: {exc.strerror}")
+
+
+class TmpInstance:
+    """A file being received; write chunks to it, then hand it to ``InstanceStore.commit``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.size = 0
+        try:
+            self._fp: BinaryIO = open(path, "xb")  # noqa: SIM115 - closed by commit/discard
+        except OSError as exc:
+            raise _disk_error(exc) from exc
+
+    def write(self, chunk: bytes | memoryview) -> None:
+        try:
+            self._fp.write(chunk)
+        except OSError as exc:
+            self.discard()
+            raise _disk_error(exc) from exc
+        self.size += len(chunk)
+
+    def _finish(self) -> None:
+        try:
+            self._fp.flush()
+            os.fsync(self._fp.fileno())
+        except OSError as exc:
+            self.discard()
+            raise _disk_error(exc) from exc
+        self._fp.close()
+
+    def discard(self) -> None:
+        if not self._fp.closed:
+            self._fp.close()
+        self.path.unlink(missing_ok=True)
+
+
+class InstanceStore:
+    def __init__(self, data_dir: Path, *, duplicate_policy: str = "reject") -> None:
+        self.root = Path(data_dir).resolve()
+        self.instances_dir = self.root / "instances"
+        self.tmp_dir = self.root / "tmp"
+        for d in (self.root, self.instances_dir, self.tmp_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        # A temporary file left by a killed process was never acknowledged: drop it.
+        for leftover in self.tmp_dir.iterdir():
+            leftover.unlink(missing_ok=True)
+        self.index = Index(self.root / "index.sqlite3")
+        self.duplicate_policy = duplicate_policy
+        self._rename_lock = threading.Lock()
+
+    def close(self) -> None:
+        self.index.close()
+
+    def new_tmp(self) -> TmpInstance:
+        return TmpInstance(self.tmp_dir / f"{uuid.uuid4().hex}.part")
+
+    def put(self, chunks: bytes | Iterable[bytes]) -> StoreResult:
+        """Store one encoded Part 10 instance given as bytes or chunks."""
+        tmp = self.new_tmp()
+        try:
+            for chunk in [chunks] if isinstance(chunks, (bytes, bytearray, memoryview)) else chunks:
+                tmp.write(chunk)
+        except BaseException:
+            tmp.discard()
+            raise
+        return self.commit(tmp)
+
+    def relative_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+        return Path(
+            validate_uid(study_uid, name="StudyInstanceUID"),
+            validate_uid(series_uid, name="SeriesInstanceUID"),
+            validate_uid(sop_uid, name="SOPInstanceUID") + ".dcm",
+        )
+
+    def commit(self, tmp: TmpInstance) -> StoreResult:
+        """Check, make durable and index ``tmp``; raise a NeuroNovaError (and keep nothing) when it is refused."""
+        try:
+            tmp._finish()
+            with open(tmp.path, "rb") as fp:
+                scanned = scan_part10(fp, tmp.size)
+            rel = self.relative_path(scanned.study_uid, scanned.series_uid, scanned.sop_instance_uid)
+            final = self.instances_dir / rel
+            # Belt and braces: validated UIDs cannot escape, but a path must never leave the data directory.
+            if self.instances_dir not in final.resolve().parents:
+                raise InvalidDicom("instance path escapes the data directory")
+            outcome = self._place(tmp, final, scanned)
+        except BaseException:
+            tmp.discard()
+            raise
+        if outcome != "duplicate" or self.index.instance(scanned.sop_instance_uid) is None:
+            self.index.add_instance(scanned.attrs, transfer_syntax=scanned.transfer_syntax, path=str(rel),
+                                    size=tmp.size)
+        return StoreResult(instance=scanned, outcome=outcome, path=final)
+
+    def _place(self, tmp: TmpInstance, final: Path, scanned: ScannedInstance) -> str:
+        created: list[Path] = []
+        for d in (final.parent.parent, final.parent):
+            if not d.exists():
+                try:
+                    d.mkdir(exist_ok=True)
+                except OSError as exc:
+                    raise _disk_error(exc) from exc
+                created.append(d)
+        with self._rename_lock:
+            if final.exists():
+                if filecmp.cmp(tmp.path, final, shallow=False):
+                    tmp.discard()
+                    return "duplicate"
+                if self.duplicate_policy == "reject":
+                    log.warning("refused instance %s: same SOP Instance UID as a stored instance, different content "
+                                "(policy: reject)", scanned.sop_instance_uid)
+                    raise DuplicateConflict(
+                        "an instance with this SOP Instance UID is already stored with different content")
+                log.warning("replacing stored instance %s with different content (policy: replace)",
+                            scanned.sop_instance_uid)
+                outcome = "replaced"
+            else:
+                outcome = "stored"
+            os.replace(tmp.path, final)
+        for d in [final.parent, *created]:
+            _fsync_dir(d.parent if d in created else d)
+        return outcome
+
+    def path_of(self, sop_uid: str) -> Path | None:
+        row = self.index.instance(sop_uid)
+        return None if row is None else self.instances_dir / row["path"]

@@ -1,0 +1,214 @@
+"""Check that an encoded Part 10 instance is complete and read the few attributes the index needs.
+
+Written by hand because no library does this: pydicom reads truncated files without complaint (a value cut
+short is silently shorter, a missing pixel data element is simply absent) and decodes far more than the
+index needs. This walks the top-level elements of the encoded dataset, checks every declared length fits in
+the file (and that undefined-length sequences are closed), and keeps the raw bytes of the index attributes.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from pydicom.charset import decode_bytes
+from pydicom.uid import UID
+
+from neuronova.errors import InvalidDicom
+from neuronova.store.uids import validate_uid
+
+PREAMBLE = 128
+
+# The attributes the index keeps (tag -> keyword), all top level.
+INDEX_TAGS: dict[int, str] = {
+    0x00080005: "SpecificCharacterSet",
+    0x00080016: "SOPClassUID",
+    0x00080018: "SOPInstanceUID",
+    0x00080020: "StudyDate",
+    0x00080030: "StudyTime",
+    0x00080050: "AccessionNumber",
+    0x00080060: "Modality",
+    0x00081030: "StudyDescription",
+    0x0008103E: "SeriesDescription",
+    0x00100010: "PatientName",
+    0x00100020: "PatientID",
+    0x00100030: "PatientBirthDate",
+    0x00100040: "PatientSex",
+    0x00180015: "BodyPartExamined",
+    0x0020000D: "StudyInstanceUID",
+    0x0020000E: "SeriesInstanceUID",
+    0x00200010: "StudyID",
+    0x00200011: "SeriesNumber",
+    0x00200013: "InstanceNumber",
+    0x00200052: "FrameOfReferenceUID",
+}
+_LAST_INDEX_TAG = max(INDEX_TAGS)
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_UNDEFINED = 0xFFFFFFFF
+PIXEL_DATA = 0x7FE00010
+_ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+
+IMPLICIT_VR_LE = "1.2.840.10008.1.2"
+EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
+DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.1.99.1")
+
+
+@dataclass(frozen=True)
+class ScannedInstance:
+    transfer_syntax: str
+    attrs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def sop_class_uid(self) -> str:
+        return self.attrs["SOPClassUID"]
+
+    @property
+    def sop_instance_uid(self) -> str:
+        return self.attrs["SOPInstanceUID"]
+
+    @property
+    def study_uid(self) -> str:
+        return self.attrs["StudyInstanceUID"]
+
+    @property
+    def series_uid(self) -> str:
+        return self.attrs["SeriesInstanceUID"]
+
+
+class _Reader:
+    def __init__(self, fp: BinaryIO, size: int) -> None:
+        self.fp, self.size = fp, size
+
+    def read(self, n: int) -> bytes:
+        data = self.fp.read(n)
+        if len(data) != n:
+            raise InvalidDicom(f"truncated: needed {n} bytes at offset {self.fp.tell() - len(data)}, file has {self.size}")
+        return data
+
+    def skip(self, n: int) -> None:
+        pos = self.fp.tell()
+        if pos + n > self.size:
+            raise InvalidDicom(f"truncated: a value of {n} bytes at offset {pos} runs past the end ({self.size} bytes)")
+        self.fp.seek(n, 1)
+
+    @property
+    def remaining(self) -> int:
+        return self.size - self.fp.tell()
+
+
+def _walk(r: _Reader, *, implicit: bool, little: bool, end: int | None, keep: dict[int, bytes] | None) -> None:
+    """Walk elements until ``end`` (an offset), or an item/sequence delimiter when ``end`` is None."""
+    e = "<" if little else ">"
+    while (r.fp.tell() < end) if end is not None else True:
+        group, elem = struct.unpack(e + "HH", r.read(4))
+        tag = (group << 16) | elem
+        if tag in (_ITEM_END, _SEQ_END):
+            r.read(4)
+            return
+        if implicit or group == 0xFFFE:
+            vr = b""
+            (length,) = struct.unpack(e + "L", r.read(4))
+        else:
+            vr = r.read(2)
+            if vr in _LONG_VRS:
+                r.read(2)
+                (length,) = struct.unpack(e + "L", r.read(4))
+            else:
+                (length,) = struct.unpack(e + "H", r.read(2))
+        if length == _UNDEFINED:
+            # A sequence or encapsulated pixel data: items until the sequence delimiter.
+            # Items of an undefined-length UN are implicit VR little endian (PS3.5 6.2.2).
+            _walk_items(r, implicit=(implicit or vr == b"UN") and tag != PIXEL_DATA, little=little)
+            if keep is not None and tag == PIXEL_DATA:
+                keep[tag] = b""
+            continue
+        if keep is not None and tag in INDEX_TAGS:
+            keep[tag] = r.read(length)
+        elif keep is not None and tag == PIXEL_DATA:
+            keep[tag] = b""  # presence only
+            r.skip(length)
+        else:
+            r.skip(length)
+    if end is not None and r.fp.tell() != end:
+        raise InvalidDicom("malformed: an element runs past the end of its item")
+
+
+def _walk_items(r: _Reader, *, implicit: bool, little: bool) -> None:
+    e = "<" if little else ">"
+    while True:
+        group, elem = struct.unpack(e + "HH", r.read(4))
+        (length,) = struct.unpack(e + "L", r.read(4))
+        tag = (group << 16) | elem
+        if tag == _SEQ_END:
+            return
+        if tag != _ITEM:
+            raise InvalidDicom(f"malformed: expected an item tag in a sequence, found ({group:04X},{elem:04X})")
+        if length == _UNDEFINED:
+            _walk(r, implicit=implicit, little=little, end=None, keep=None)
+        else:
+            r.skip(length)
+
+
+def _text(raw: bytes, keyword: str, charsets: list[str]) -> str:
+    if keyword == "PatientName" or keyword.endswith("Description"):
+        text = decode_bytes(raw, charsets, set())
+    else:
+        text = raw.decode("ascii", errors="replace")
+    return text.rstrip("\x00 ").lstrip(" ")
+
+
+def scan_part10(fp: BinaryIO, size: int) -> ScannedInstance:
+    """Validate a Part 10 file read from ``fp`` (positioned at 0, ``size`` bytes) and return its index attributes.
+
+    Raises InvalidDicom (or its subclass InvalidUID) naming what is wrong.
+    """
+    r = _Reader(fp, size)
+    if size < PREAMBLE + 4 + 12:
+        raise InvalidDicom(f"not a DICOM Part 10 file: only {size} bytes")
+    r.read(PREAMBLE)
+    if r.read(4) != b"DICM":
+        raise InvalidDicom("not a DICOM Part 10 file: no 'DICM' prefix after the 128-byte preamble")
+    meta: dict[int, bytes] = {}
+    # File meta: explicit VR little endian, group 0002 only.
+    while True:
+        pos = fp.tell()
+        head = fp.read(4)
+        if len(head) < 4:
+            break
+        group, elem = struct.unpack("<HH", head)
+        if group != 0x0002:
+            fp.seek(pos)
+            break
+        vr = r.read(2)
+        if vr in _LONG_VRS:
+            r.read(2)
+            (length,) = struct.unpack("<L", r.read(4))
+        else:
+            (length,) = struct.unpack("<H", r.read(2))
+        if length == _UNDEFINED:
+            raise InvalidDicom("malformed file meta: undefined length")
+        meta[(group << 16) | elem] = r.read(length)
+    ts_raw = meta.get(0x00020010)
+    if ts_raw is None:
+        raise InvalidDicom("file meta has no Transfer Syntax UID (0002,0010)")
+    ts = ts_raw.decode("ascii", errors="replace").rstrip("\x00 ")
+    validate_uid(ts, name="TransferSyntaxUID")
+    if ts in DEFLATED:
+        raise InvalidDicom(f"deflated transfer syntax {ts} is not accepted; send uncompressed or pixel-compressed data")
+    keep: dict[int, bytes] = {}
+    _walk(r, implicit=ts == IMPLICIT_VR_LE, little=ts != EXPLICIT_VR_BE, end=size, keep=keep)
+
+    # An empty value (or a missing attribute) means the default repertoire.
+    charsets = [c or "ISO_IR 6" for c in _text(keep.get(0x00080005, b""), "SpecificCharacterSet", []).split("\\")]
+    attrs = {INDEX_TAGS[t]: _text(v, INDEX_TAGS[t], charsets) for t, v in keep.items() if t in INDEX_TAGS}
+    for name in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        if not attrs.get(name):
+            raise InvalidDicom(f"missing {name}")
+        validate_uid(attrs[name], name=name)
+    if PIXEL_DATA not in keep and "Image Storage" in UID(attrs["SOPClassUID"]).name:
+        raise InvalidDicom("an image instance without Pixel Data (7FE0,0010): truncated?")
+    media_sop = meta.get(0x00020003, b"").decode("ascii", errors="replace").rstrip("\x00 ")
+    if media_sop and media_sop != attrs["SOPInstanceUID"]:
+        raise InvalidDicom("MediaStorageSOPInstanceUID differs from SOPInstanceUID")
+    return ScannedInstance(transfer_syntax=str(UID(ts)), attrs=attrs)

@@ -51,6 +51,14 @@ class InvalidUID(InvalidDicom):
     dicom_status = 0xC211
 
 
+class StudyMismatch(InvalidDicom):
+    """STOW-RS to /studies/{uid} with an instance of another study."""
+
+    dicom_status = 0xA900  # PS3.18: "Data Set does not match SOP Class" is the closest failure reason
+    http_status = 409
+    code = "STUDY_MISMATCH"
+
+
 class DuplicateConflict(NeuroNovaError):
     """Same SOP Instance UID as a stored instance, different content (policy: reject, keep the stored one)."""
 

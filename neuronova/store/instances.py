@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from neuronova.errors import DuplicateConflict, InvalidDicom, NeuroNovaError, OutOfResources
+from neuronova.errors import DuplicateConflict, InvalidDicom, NeuroNovaError, OutOfResources, StudyMismatch
 from neuronova.store.index import Index
 from neuronova.store.scan import ScannedInstance, scan_part10
 from neuronova.store.uids import validate_uid
@@ -102,8 +102,13 @@ class InstanceStore:
     def new_tmp(self) -> TmpInstance:
         return TmpInstance(self.tmp_dir / f"{uuid.uuid4().hex}.part")
 
-    def put(self, chunks: bytes | Iterable[bytes]) -> StoreResult:
-        """Store one encoded Part 10 instance given as bytes or chunks."""
+    def put(self, chunks: bytes | Iterable[bytes], *, replace: bool = False,
+            expected_study_uid: str | None = None) -> StoreResult:
+        """Store one encoded Part 10 instance given as bytes or chunks.
+
+        ``replace`` stores over an instance with the same UID whatever the policy (the node's own results: a
+        re-run replaces them); ``expected_study_uid`` refuses an instance of another study (STOW-RS to a study).
+        """
         tmp = self.new_tmp()
         try:
             for chunk in [chunks] if isinstance(chunks, (bytes, bytearray, memoryview)) else chunks:
@@ -111,7 +116,7 @@ class InstanceStore:
         except BaseException:
             tmp.discard()
             raise
-        return self.commit(tmp)
+        return self.commit(tmp, replace=replace, expected_study_uid=expected_study_uid)
 
     def relative_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         return Path(
@@ -120,18 +125,21 @@ class InstanceStore:
             validate_uid(sop_uid, name="SOPInstanceUID") + ".dcm",
         )
 
-    def commit(self, tmp: TmpInstance) -> StoreResult:
+    def commit(self, tmp: TmpInstance, *, replace: bool = False,
+               expected_study_uid: str | None = None) -> StoreResult:
         """Check, make durable and index ``tmp``; raise a NeuroNovaError (and keep nothing) when it is refused."""
         try:
             tmp._finish()
             with open(tmp.path, "rb") as fp:
                 scanned = scan_part10(fp, tmp.size)
+            if expected_study_uid is not None and scanned.study_uid != expected_study_uid:
+                raise StudyMismatch("the instance belongs to another study than the request's StudyInstanceUID")
             rel = self.relative_path(scanned.study_uid, scanned.series_uid, scanned.sop_instance_uid)
             final = self.instances_dir / rel
             # Belt and braces: validated UIDs cannot escape, but a path must never leave the data directory.
             if self.instances_dir not in final.resolve().parents:
                 raise InvalidDicom("instance path escapes the data directory")
-            outcome = self._place(tmp, final, scanned)
+            outcome = self._place(tmp, final, scanned, replace=replace)
         except BaseException:
             tmp.discard()
             raise
@@ -140,7 +148,7 @@ class InstanceStore:
                                     size=tmp.size)
         return StoreResult(instance=scanned, outcome=outcome, path=final)
 
-    def _place(self, tmp: TmpInstance, final: Path, scanned: ScannedInstance) -> str:
+    def _place(self, tmp: TmpInstance, final: Path, scanned: ScannedInstance, *, replace: bool) -> str:
         created: list[Path] = []
         for d in (final.parent.parent, final.parent):
             if not d.exists():
@@ -154,7 +162,7 @@ class InstanceStore:
                 if filecmp.cmp(tmp.path, final, shallow=False):
                     tmp.discard()
                     return "duplicate"
-                if self.duplicate_policy == "reject":
+                if self.duplicate_policy == "reject" and not replace:
                     log.warning("refused instance %s: same SOP Instance UID as a stored instance, different content "
                                 "(policy: reject)", scanned.sop_instance_uid)
                     raise DuplicateConflict(

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from neuronova.config import Settings
 
 _T = TypeVar("_T")
+#: Float rounding of "now - then" must not refuse a client that waited exactly as long as it was told.
+_EPSILON = 1e-9
 
 
 @dataclass(slots=True)
@@ -88,8 +90,8 @@ class RateLimiter:
                 elapsed = max(0.0, now - bucket.updated)
                 bucket.tokens = min(self.capacity, bucket.tokens + elapsed * self.rate)
                 bucket.updated = now
-            if bucket.tokens >= 1.0:
-                bucket.tokens -= 1.0
+            if bucket.tokens >= 1.0 - _EPSILON:
+                bucket.tokens = max(0.0, bucket.tokens - 1.0)
                 return
             wait = (1.0 - bucket.tokens) / self.rate
         retry_after = max(1, math.ceil(wait))

@@ -67,6 +67,9 @@ class Settings(BaseModel):
     jwt_issuer: str = "neuronova"
     rate_limit_per_minute: int = Field(600, ge=1)
     cors_origins: tuple[str, ...] = ()
+    #: Require the bearer token on DICOMweb too (a viewer or PACS then sends one); off for a closed network.
+    dicomweb_auth: bool = True
+    dimse_host: str = "0.0.0.0"
 
     @field_validator("ae_title")
     @classmethod

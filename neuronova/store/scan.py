@@ -76,6 +76,10 @@ class ScannedInstance:
         return self.attrs["SeriesInstanceUID"]
 
 
+class _NotExplicit(InvalidDicom):
+    """An explicit VR transfer syntax whose dataset is encoded implicitly (some archives write these)."""
+
+
 class _Reader:
     def __init__(self, fp: BinaryIO, size: int) -> None:
         self.fp, self.size = fp, size
@@ -111,6 +115,8 @@ def _walk(r: _Reader, *, implicit: bool, little: bool, end: int | None, keep: di
             (length,) = struct.unpack(e + "L", r.read(4))
         else:
             vr = r.read(2)
+            if not (65 <= vr[0] <= 90 and 65 <= vr[1] <= 90):
+                raise _NotExplicit(f"no valid VR at offset {r.fp.tell() - 2}")
             if vr in _LONG_VRS:
                 r.read(2)
                 (length,) = struct.unpack(e + "L", r.read(4))
@@ -197,7 +203,14 @@ def scan_part10(fp: BinaryIO, size: int) -> ScannedInstance:
     if ts in DEFLATED:
         raise InvalidDicom(f"deflated transfer syntax {ts} is not accepted; send uncompressed or pixel-compressed data")
     keep: dict[int, bytes] = {}
-    _walk(r, implicit=ts == IMPLICIT_VR_LE, little=ts != EXPLICIT_VR_BE, end=size, keep=keep)
+    start = fp.tell()
+    try:
+        _walk(r, implicit=ts == IMPLICIT_VR_LE, little=ts != EXPLICIT_VR_BE, end=size, keep=keep)
+    except _NotExplicit:
+        # Read it as pydicom does: implicit VR little endian, from the start of the dataset.
+        fp.seek(start)
+        keep = {}
+        _walk(r, implicit=True, little=True, end=size, keep=keep)
 
     # An empty value (or a missing attribute) means the default repertoire.
     charsets = [c or "ISO_IR 6" for c in _text(keep.get(0x00080005, b""), "SpecificCharacterSet", []).split("\\")]

@@ -1,0 +1,120 @@
+"""Shared fixtures: free ports, the node as a real subprocess, dcmtk and dicom3tools helpers."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from neuronova.api.auth import mint_token
+
+REPO = Path(__file__).resolve().parent.parent
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}  # Debian's dcmtk leaves Nagle on otherwise
+
+
+def get_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def storescu(port: int, files: Sequence[Path | str], *, aec: str = "NEURONOVA", aet: str = "STORESCU",
+             extra: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+    """Send files with dcmtk's storescu; -R proposes only what the files need."""
+    cmd = ["storescu", "-R", "-aec", aec, "-aet", aet, *extra, "127.0.0.1", str(port), *map(str, files)]
+    return subprocess.run(cmd, env=DCMTK_ENV, capture_output=True, text=True, timeout=120)
+
+
+def dciodvfy_errors(path: Path | str) -> list[str]:
+    """The error lines dciodvfy reports for a file (an empty list means valid)."""
+    proc = subprocess.run(["dciodvfy", "-new", str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Error")]
+
+
+@dataclass
+class NodeProcess:
+    data_dir: Path
+    http_port: int
+    dimse_port: int
+    secret: str
+    extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def token(self, sub: str = "tests") -> str:
+        return mint_token(self.secret, sub=sub, audience="neuronova", issuer="neuronova")
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token()}"}
+
+    def start(self, timeout: float = 30) -> None:
+        env = {**os.environ, "NEURONOVA_JWT_SECRET": self.secret, **self.env}
+        cmd = [sys.executable, "-m", "neuronova.cli", "serve", "--data-dir", str(self.data_dir),
+               "--http-port", str(self.http_port), "--dimse-port", str(self.dimse_port),
+               "--dimse-host", "127.0.0.1", *self.extra_args]
+        log = open(self.data_dir.parent / f"node-{self.http_port}.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"node exited with {self.proc.returncode}; see {log.name}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("node did not answer /health in time")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def node_factory(tmp_path: Path) -> Iterator[callable]:
+    nodes: list[NodeProcess] = []
+
+    def make(*extra_args: str, env: dict[str, str] | None = None, start: bool = True) -> NodeProcess:
+        data = tmp_path / f"node{len(nodes)}" / "data"
+        data.mkdir(parents=True)
+        node = NodeProcess(data_dir=data, http_port=get_port(), dimse_port=get_port(),
+                           secret=secrets.token_hex(32), extra_args=list(extra_args), env=env or {})
+        nodes.append(node)
+        if start:
+            node.start()
+        return node
+
+    yield make
+    for node in nodes:
+        node.stop()
+
+
+@pytest.fixture
+def node(node_factory) -> NodeProcess:
+    return node_factory("--stable-seconds", "1")

@@ -1,6 +1,6 @@
 """Synthetic phantoms as DICOM series: MR Image Storage and CT Image Storage, axial, head first supine.
 
-Every UID is derived from the seed under the 2.25 root (``generate_uid(prefix=None, entropy_srcs=...)``), so
+Every UID is derived from the seed under the 2.25 root (the value of a name-based UUID), so
 the same seed always gives the same study, and a test can store it twice to check idempotence. The datasets
 carry the geometry a volume loader needs (ImagePositionPatient, ImageOrientationPatient, PixelSpacing,
 SliceThickness, SpacingBetweenSlices) and, for CT, RescaleSlope/RescaleIntercept in Hounsfield units.
@@ -9,6 +9,7 @@ SliceThickness, SpacingBetweenSlices) and, for CT, RescaleSlope/RescaleIntercept
 from __future__ import annotations
 
 import datetime
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
 
 from neuronova.phantoms.head import Phantom, make_ct_phantom, make_mr_phantom
 
@@ -49,8 +50,13 @@ class SyntheticStudy:
         return str(self.datasets[0].SeriesInstanceUID)
 
 
+_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:neuronova:phantoms")
+
+
 def _uid(*parts: object) -> str:
-    return str(generate_uid(prefix=None, entropy_srcs=["neuronova-phantom", *(str(p) for p in parts)]))
+    # A 2.25 UID is the decimal value of a UUID (ISO/IEC 9834-8); a name-based UUID makes it repeatable.
+    # (pydicom's generate_uid(prefix=None) ignores entropy_srcs and returns a random UUID.)
+    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, '/'.join(str(p) for p in parts)).int}"
 
 
 def phantom_to_datasets(phantom: Phantom, *, patient_id: str | None = None, patient_name: str | None = None,

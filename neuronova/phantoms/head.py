@@ -244,11 +244,13 @@ def make_phantom(seed: int, *, modality: str, shape: tuple[int, int, int],
         n = int(rng.choice(4, p=[0.15, 0.45, 0.25, 0.15]))
         kinds = [str(k) for k in rng.choice(["glioma", "meningioma", "metastasis", "pituitary"], size=n,
                                             p=[0.4, 0.25, 0.25, 0.1])]
+    # one sella: a second pituitary tumour becomes a metastasis
+    kinds = [k if k != "pituitary" or k not in kinds[:i] else "metastasis" for i, k in enumerate(kinds)]
     specs: list[TumourSpec] = []
     for kind in kinds:
-        for _ in range(20):  # keep tumours apart so each stays recognisable
+        for _ in range(100):  # keep tumours apart so each stays recognisable
             spec = _draw_tumour(rng, kind, head)
-            if all(np.linalg.norm(np.subtract(spec.centre_mm, o.centre_mm)) > spec.radius_mm + o.radius_mm + 8
+            if all(np.linalg.norm(np.subtract(spec.centre_mm, o.centre_mm)) > spec.radius_mm + o.radius_mm + 4
                    for o in specs):
                 specs.append(spec)
                 break

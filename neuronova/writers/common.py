@@ -121,7 +121,7 @@ class AlgorithmInfo:
         description = f"AI inference by {self.name} {self.version}"
         if self.demo:
             description += f" (demonstration weights, {NOT_FOR_CLINICAL_USE})"
-        item = hd.ContributingEquipment(
+        return hd.ContributingEquipment(
             manufacturer=MANUFACTURER,
             purpose_of_reference=codes.DCM.ProcessingEquipment,
             manufacturer_model_name=self.name,
@@ -129,9 +129,6 @@ class AlgorithmInfo:
             device_serial_number=self.model_sha256,
             contribution_description=description,
         )
-        # highdicom has no parameter for Device UID (0018,1002), an attribute of this item (PS3.3 C.12.1).
-        item.DeviceUID = self.device_uid
-        return item
 
     def uid_scope(self, source_series_uid: str, pipeline: str | None = None) -> UIDScope:
         return UIDScope(
@@ -220,7 +217,14 @@ def check_source_images(source_images: object) -> list[pydicom.Dataset]:
     return images
 
 
-def copy_type2c_context(target: pydicom.Dataset, source: pydicom.Dataset) -> None:
-    """Copy the source's Body Part Examined where highdicom leaves it out (dciodvfy wants it, FACTS.md)."""
-    if "BodyPartExamined" in source and "BodyPartExamined" not in target:
+def finish_equipment(target: pydicom.Dataset, source: pydicom.Dataset, algorithm: AlgorithmInfo) -> None:
+    """What highdicom leaves out: Device UID of the model, the source's Body Part Examined.
+
+    Device UID (0018,1002) goes in the object's General Equipment module: highdicom has no parameter for
+    it, and the dicom3tools release we validate with (2022) flags it inside Contributing Equipment.
+    Body Part Examined: dciodvfy reports Type 2C errors in images without it (FACTS.md); the SR
+    Document Series module has no such attribute.
+    """
+    target.DeviceUID = algorithm.device_uid
+    if target.get("Modality") != "SR" and "BodyPartExamined" in source and "BodyPartExamined" not in target:
         target.BodyPartExamined = source.BodyPartExamined

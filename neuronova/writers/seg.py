@@ -25,7 +25,7 @@ from neuronova.writers.common import (
     AlgorithmInfo,
     check_int,
     check_source_images,
-    copy_type2c_context,
+    finish_equipment,
     equipment_kwargs,
     series_description as make_series_description,
 )
@@ -157,7 +157,7 @@ def write_segmentation(
         omit_empty_frames=True,
         **equipment_kwargs(algorithm),
     )
-    copy_type2c_context(seg, images[0])
+    finish_equipment(seg, images[0], algorithm)
     logger.info(
         "SEG written: %d segments, %d frames, series number %d", len(descriptions), seg.NumberOfFrames, series_number
     )

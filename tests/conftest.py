@@ -118,3 +118,74 @@ def node_factory(tmp_path: Path) -> Iterator[callable]:
 @pytest.fixture
 def node(node_factory) -> NodeProcess:
     return node_factory("--stable-seconds", "1")
+
+
+@dataclass
+class OrthancProcess:
+    """A real Orthanc (Debian package) with its DICOMweb plugin, on free loopback ports."""
+
+    root: Path
+    http_port: int
+    dicom_port: int
+    modalities: dict[str, list[object]] = field(default_factory=dict)
+    lua_scripts: list[str] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def config(self) -> dict[str, object]:
+        return {
+            "Name": "tests", "DicomAet": "ORTHANC", "DicomPort": self.dicom_port, "HttpPort": self.http_port,
+            "StorageDirectory": str(self.root / "storage"), "IndexDirectory": str(self.root / "index"),
+            "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomAlwaysAllowStore": True,
+            "DicomAlwaysAllowEcho": True, "StableAge": 1, "DicomModalities": self.modalities,
+            "Plugins": ["/usr/share/orthanc/plugins/libOrthancDicomWeb.so"],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "Host": f"127.0.0.1:{self.http_port}"},
+            "LuaScripts": self.lua_scripts, "HttpTimeout": 30,
+        }
+
+    def start(self, timeout: float = 20) -> None:
+        import json
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        cfg = self.root / "orthanc.json"
+        cfg.write_text(json.dumps(self.config(), indent=1))
+        log = open(self.root / "orthanc.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(["/usr/sbin/Orthanc", str(cfg)], stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/system", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError("Orthanc did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def instances(self) -> list[str]:
+        return list(httpx.get(self.url + "/instances", timeout=10).json())
+
+    def sop_uids(self) -> set[str]:
+        out = set()
+        for oid in self.instances():
+            out.add(httpx.get(f"{self.url}/instances/{oid}", timeout=10).json()["MainDicomTags"]["SOPInstanceUID"])
+        return out
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[OrthancProcess]:
+    server = OrthancProcess(root=tmp_path / "orthanc", http_port=get_port(), dicom_port=get_port())
+    server.start()
+    yield server
+    server.stop()

@@ -185,7 +185,10 @@ def shap_plot_png(
     axes.axvline(position, color="black", linestyle="--", linewidth=1)
     axes.set_xlabel(f"model output ({explanation.output_space}): E[f(x)] = {base:.3f}, f(x) = {position:.3f}")
     axes.set_title(f"Contributions to class {explanation.class_names[k]!r}", fontsize=11)
-    axes.margins(x=0.15)
+    cumulative = np.concatenate([[base], base + np.cumsum(list(reversed(amounts)))])
+    low, high = float(cumulative.min()), float(cumulative.max())
+    pad = 0.2 * (high - low) if high > low else 0.5
+    axes.set_xlim(low - pad, high + pad)  # room for the value labels on both sides
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")

@@ -1,0 +1,160 @@
+"""The job record: one per (series, pipeline), and its states.
+
+``queued -> running -> writing -> sending -> done``, or ``failed`` with an error code, a message and the
+attempt count. A job that is reset (its inputs changed, or a reprocess was asked) goes back to ``queued``
+with its ``run`` number incremented; the job id stays, so the watcher re-delivering a study is idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from enum import StrEnum
+from typing import Any
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    WRITING = "writing"
+    SENDING = "sending"
+    DONE = "done"
+    FAILED = "failed"
+
+
+#: States in which a worker holds the job's lease (and heartbeats).
+ACTIVE_STATES = (JobState.RUNNING, JobState.WRITING)
+FINAL_STATES = (JobState.DONE, JobState.FAILED)
+
+#: Name-based job ids: the same (series, pipeline) is always the same job.
+JOB_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:neuronova:job")
+
+
+def job_id_for(series_uid: str, pipeline: str) -> str:
+    return str(uuid.uuid5(JOB_NAMESPACE, f"{series_uid}\n{pipeline}"))
+
+
+@dataclass(frozen=True)
+class ResultInstance:
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_uid: str
+
+
+@dataclass(frozen=True)
+class Job:
+    job_id: str
+    study_uid: str
+    series_uid: str
+    pipeline: str
+    model_version: str
+    input_fingerprint: str
+    state: JobState = JobState.QUEUED
+    progress: float = 0.0
+    #: Claims so far in this run (a claim after a crashed worker counts too).
+    attempts: int = 0
+    #: 1 for the first run; incremented each time the job is reset.
+    run: int = 1
+    error_code: str | None = None
+    error_message: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    #: Earliest start: when the queue message was sent, or when a retry's delayed message becomes due.
+    due_at: float = 0.0
+    started_at: float | None = None
+    heartbeat_at: float | None = None
+    finished_at: float | None = None
+    lease_expires_at: float | None = None
+    worker: str | None = None
+    #: Fencing token of the current claim: every write by a worker must present it.
+    claim_token: str | None = None
+    result_instances: tuple[ResultInstance, ...] = ()
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def new(cls, *, study_uid: str, series_uid: str, pipeline: str, model_version: str, input_fingerprint: str,
+            now: float | None = None) -> Job:
+        now = time.time() if now is None else now
+        return cls(job_id=job_id_for(series_uid, pipeline), study_uid=study_uid, series_uid=series_uid,
+                   pipeline=pipeline, model_version=model_version, input_fingerprint=input_fingerprint,
+                   created_at=now, updated_at=now, due_at=now)
+
+    def with_(self, **changes: Any) -> Job:
+        return replace(self, **changes)
+
+    # --- records (what the backends store) -------------------------------------------------------------
+
+    def to_record(self) -> dict[str, str | int | float | None]:
+        """Flat values: lists and dicts as JSON text, the state as its string."""
+        return {f.name: record_value(f.name, getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_record(cls, rec: Mapping[str, Any]) -> Job:
+        """Inverse of :meth:`to_record`; accepts strings for every value (Redis hashes) and missing Nones."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = rec.get(f.name)
+            if raw is None or (raw == "" and f.name in NULLABLE):
+                continue
+            if isinstance(raw, bytes):
+                raw = raw.decode()
+            if f.name in FLOAT_FIELDS:
+                values[f.name] = float(raw)
+            elif f.name in INT_FIELDS:
+                values[f.name] = int(raw)
+            elif f.name == "state":
+                values[f.name] = JobState(raw)
+            elif f.name == "result_instances":
+                values[f.name] = tuple(ResultInstance(**r) for r in json.loads(raw))
+            elif f.name == "summary":
+                values[f.name] = json.loads(raw)
+            else:
+                values[f.name] = str(raw)
+        return cls(**values)
+
+
+FIELD_NAMES = tuple(f.name for f in fields(Job))
+FLOAT_FIELDS = frozenset({"progress", "created_at", "updated_at", "due_at", "started_at", "heartbeat_at",
+                          "finished_at", "lease_expires_at"})
+INT_FIELDS = frozenset({"attempts", "run"})
+NULLABLE = frozenset({"error_code", "error_message", "started_at", "heartbeat_at", "finished_at",
+                      "lease_expires_at", "worker", "claim_token"})
+
+
+def record_value(name: str, value: Any) -> str | int | float | None:
+    """One field as the backends store it."""
+    if name not in FIELD_NAMES:
+        raise ValueError(f"no job field named {name!r}")
+    if name == "result_instances":
+        return json.dumps([asdict(r) for r in value], separators=(",", ":"))
+    if name == "summary":
+        return json.dumps(value, separators=(",", ":"))
+    if name == "state":
+        return str(JobState(value))
+    if value is None or name in INT_FIELDS:
+        return value
+    return float(value) if name in FLOAT_FIELDS else str(value)
+
+
+@dataclass(frozen=True)
+class RoutingRecord:
+    """What routing decided for one series at one stable generation (also when nothing matched)."""
+
+    study_uid: str
+    series_uid: str
+    generation: int
+    pipelines: tuple[str, ...]
+    reason: str
+    decided_at: float
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "pipelines": list(self.pipelines)}, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> RoutingRecord:
+        d = json.loads(text)
+        return cls(study_uid=d["study_uid"], series_uid=d["series_uid"], generation=int(d["generation"]),
+                   pipelines=tuple(d["pipelines"]), reason=d["reason"], decided_at=float(d["decided_at"]))

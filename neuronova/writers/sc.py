@@ -58,6 +58,7 @@ def window_image(gray2d: np.ndarray, window: tuple[float, float] | None) -> np.n
 
 
 def _draw_text(rgb: np.ndarray, text: str, *, top: bool) -> np.ndarray:
+    """Text on a black band at the top or bottom; the band keeps it legible over any image."""
     from PIL import Image, ImageDraw, ImageFont
 
     image = Image.fromarray(rgb, mode="RGB")
@@ -67,12 +68,16 @@ def _draw_text(rgb: np.ndarray, text: str, *, top: bool) -> np.ndarray:
     size = max(6, rows // 14)
     while True:
         font = ImageFont.load_default(size=size)
-        left, upper, right, lower = draw.textbbox((0, 0), text, font=font, stroke_width=1)
+        left, upper, right, lower = draw.textbbox((0, 0), text, font=font)
         if right - left <= columns - 4 or size <= 6:
             break
         size -= 1
-    y = 2 if top else rows - (lower - upper) - 3
-    draw.text((2 - left, y - upper), text, fill=_TEXT_RGB, font=font, stroke_width=1, stroke_fill=(0, 0, 0))
+    height = lower - upper
+    y = 2 if top else rows - height - 2
+    draw.rectangle((0, y - 2, columns - 1, y + height + 1), fill=(0, 0, 0))
+    if size < 12:
+        draw.fontmode = "1"  # antialiasing would blur a few-pixel glyph into dark red
+    draw.text((2 - left, y - upper), text, fill=_TEXT_RGB, font=font)
     return np.asarray(image, dtype=np.uint8).copy()
 
 

@@ -236,7 +236,7 @@ def write_segmentation_report(
             raise ValueError(f"segment_stats[{i}]: segment {number} appears twice")
         seen.add(number)
         segment = segments[number]
-        if stat.label_name != segment.SegmentLabel:
+        if stat.label_name.strip() != segment.SegmentLabel:
             raise ValueError(
                 f"segment_stats[{i}]: label {stat.label_name!r} does not match SEG segment {number} "
                 f"({segment.SegmentLabel!r})"

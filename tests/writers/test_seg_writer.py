@@ -21,7 +21,7 @@ def _read_back(path, source_images, label_names):
     numbers = seg.get_pixels_by_source_instance(
         source_sop_instance_uids=uids, combine_segments=True, assert_missing_frames_are_empty=True
     )
-    values = np.zeros(len(label_names) + 1, np.uint8)
+    values = np.zeros(len(label_names) + 1, np.uint8)  # segment number -> label value
     for value, number in segment_numbers(label_names).items():
         values[number] = value
     return seg, values[numbers]
@@ -156,3 +156,16 @@ def test_bad_input_is_refused_with_a_message(source_images, labels, label_names,
     args.update(change(args))
     with pytest.raises(error, match=match):
         write_segmentation(args.pop("source_images"), args.pop("labels"), args.pop("label_names"), **args)
+
+
+def test_label_values_with_gaps_map_to_consecutive_segments(tmp_path, source_images, labels, algorithm):
+    """BraTS numbering (1, 2, 4): segments are 1, 2, 3 and the values come back on reading."""
+    brats = labels.copy()
+    brats[labels == 3] = 4
+    names = {1: "necrotic core", 2: "edema", 4: "enhancing tumour"}
+    assert segment_numbers(names) == {1: 1, 2: 2, 4: 3}
+    seg = write_segmentation(source_images, brats, names, algorithm=algorithm, series_number=7)
+    assert [s.SegmentNumber for s in seg.SegmentSequence] == [1, 2, 3]
+    assert seg.SegmentSequence[2].SegmentLabel == "enhancing tumour"
+    _, volume = _read_back(save(seg, tmp_path, "seg"), source_images, names)
+    np.testing.assert_array_equal(volume, brats)

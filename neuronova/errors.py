@@ -124,3 +124,10 @@ class SeriesError(NeuroNovaError):
 
     http_status = 400
     code = "INVALID_SERIES"
+
+
+class NotAcceptable(NeuroNovaError):
+    """A DICOMweb Accept header asks for a representation the node cannot give (e.g. another transfer syntax)."""
+
+    http_status = 406
+    code = "NOT_ACCEPTABLE"

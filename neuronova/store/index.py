@@ -7,13 +7,16 @@ a killed process (the invariant); the instance files themselves are fsync'd befo
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS studies (
@@ -173,3 +176,222 @@ class Index:
     def instance(self, sop_uid: str) -> sqlite3.Row | None:
         rows = self.query("SELECT * FROM instances WHERE sop_uid=?", (sop_uid,))
         return rows[0] if rows else None
+
+    # --- QIDO ---------------------------------------------------------------------------------------------
+    # Read-only queries for DICOMweb (QIDO-RS searches, WADO-RS listings). Matching keys arrive parsed as
+    # Match objects (neuronova.dicomweb.qido parses the request); only the SQL expressions of QIDO_COLUMNS
+    # reach the statement text, every value is a parameter.
+
+    def _qido_setup(self) -> None:
+        # Lazily, once per connection: the wildcard-matching function and indexes on common matching keys.
+        if getattr(self, "_qido_ready", False):
+            return
+        with self._lock:
+            if not getattr(self, "_qido_ready", False):
+                self._db.create_function("nn_dicom_match", 3, _dicom_match, deterministic=True)
+                self._db.executescript(QIDO_INDEXES)
+                self._qido_ready = True
+
+    def _qido(self, select: str, level: Level, matches: Sequence[Match], order: str, limit: int | None,
+              offset: int) -> list[sqlite3.Row]:
+        self._qido_setup()
+        where, params = _where(matches, level)
+        sql = f"{select} WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?"
+        return self.query(sql, [*params, -1 if limit is None else limit, offset])
+
+    def qido_studies(self, matches: Sequence[Match], *, limit: int | None = None,
+                     offset: int = 0) -> list[sqlite3.Row]:
+        """Studies matching every key (series and instance keys match when one series or instance does)."""
+        return self._qido(f"SELECT st.*, {_STUDY_AGGREGATES} FROM studies st", "study", matches,
+                          "st.study_date DESC, st.study_time DESC, st.study_uid", limit, offset)
+
+    def qido_series(self, matches: Sequence[Match], *, limit: int | None = None,
+                    offset: int = 0) -> list[sqlite3.Row]:
+        """Series (with their study's columns) matching every key."""
+        return self._qido(
+            f"SELECT st.*, {_STUDY_AGGREGATES}, se.*, {_SERIES_AGGREGATES} "
+            "FROM series se JOIN studies st ON st.study_uid = se.study_uid", "series", matches,
+            "se.study_uid, CAST(se.series_number AS INTEGER), se.series_uid", limit, offset)
+
+    def qido_instances(self, matches: Sequence[Match], *, limit: int | None = None,
+                       offset: int = 0) -> list[sqlite3.Row]:
+        """Instances (with their series' and study's columns) matching every key."""
+        return self._qido(
+            f"SELECT st.*, {_STUDY_AGGREGATES}, se.*, {_SERIES_AGGREGATES}, i.* "
+            "FROM instances i JOIN series se ON se.series_uid = i.series_uid "
+            "JOIN studies st ON st.study_uid = i.study_uid", "instance", matches,
+            "i.study_uid, CAST(se.series_number AS INTEGER), i.series_uid, CAST(i.instance_number AS INTEGER), "
+            "i.sop_uid", limit, offset)
+
+    def retrieve_instances(self, *, study_uid: str, series_uid: str | None = None,
+                           sop_uid: str | None = None) -> list[sqlite3.Row]:
+        """The instances a WADO-RS request names, in series then instance number order (empty: none)."""
+        sql = ("SELECT i.* FROM instances i JOIN series se ON se.series_uid = i.series_uid WHERE i.study_uid = ?")
+        params: list[str] = [study_uid]
+        if series_uid is not None:
+            sql += " AND i.series_uid = ?"
+            params.append(series_uid)
+        if sop_uid is not None:
+            sql += " AND i.sop_uid = ?"
+            params.append(sop_uid)
+        sql += (" ORDER BY CAST(se.series_number AS INTEGER), se.series_uid, CAST(i.instance_number AS INTEGER), "
+                "i.sop_uid")
+        return self.query(sql, params)
+
+    def first_instance(self, *, study_uid: str, series_uid: str | None = None) -> sqlite3.Row | None:
+        """The instance that stands for a study or series when attributes beyond the index are asked for."""
+        sql = ("SELECT i.* FROM instances i JOIN series se ON se.series_uid = i.series_uid WHERE i.study_uid = ?"
+               + (" AND i.series_uid = ?" if series_uid is not None else "")
+               + " ORDER BY CAST(se.series_number AS INTEGER), se.series_uid, CAST(i.instance_number AS INTEGER), "
+                 "i.sop_uid LIMIT 1")
+        rows = self.query(sql, (study_uid,) if series_uid is None else (study_uid, series_uid))
+        return rows[0] if rows else None
+
+    def series_row(self, series_uid: str) -> sqlite3.Row | None:
+        rows = self.query("SELECT * FROM series WHERE series_uid=?", (series_uid,))
+        return rows[0] if rows else None
+
+
+# --- QIDO (module level) ----------------------------------------------------------------------------------
+
+QIDO_INDEXES = """
+CREATE INDEX IF NOT EXISTS studies_patient_id ON studies(patient_id);
+CREATE INDEX IF NOT EXISTS studies_date ON studies(study_date, study_time);
+CREATE INDEX IF NOT EXISTS studies_accession ON studies(accession_number);
+CREATE INDEX IF NOT EXISTS series_modality ON series(modality, study_uid);
+"""
+
+Level = Literal["study", "series", "instance"]
+_LEVELS: dict[str, int] = {"study": 0, "series": 1, "instance": 2}
+
+_STUDY_AGGREGATES = (
+    "(SELECT COUNT(*) FROM series x WHERE x.study_uid = st.study_uid) AS study_series_count, "
+    "(SELECT COUNT(*) FROM instances x WHERE x.study_uid = st.study_uid) AS study_instance_count, "
+    "(SELECT GROUP_CONCAT(DISTINCT x.modality) FROM series x WHERE x.study_uid = st.study_uid) AS study_modalities"
+)
+_SERIES_AGGREGATES = "(SELECT COUNT(*) FROM instances x WHERE x.series_uid = se.series_uid) AS series_instance_count"
+
+
+class QidoColumn(NamedTuple):
+    level: Level
+    #: SQL expression matched (aliases st, se, i, or m inside ``exists``).
+    expr: str
+    #: For attributes that summarise a study (ModalitiesInStudy): the correlated subquery the match goes in.
+    exists: str | None = None
+
+
+#: The attributes the index can match on, by keyword.
+QIDO_COLUMNS: dict[str, QidoColumn] = {
+    "StudyInstanceUID": QidoColumn("study", "st.study_uid"),
+    "PatientID": QidoColumn("study", "st.patient_id"),
+    "PatientName": QidoColumn("study", "st.patient_name"),
+    "PatientBirthDate": QidoColumn("study", "st.patient_birth_date"),
+    "PatientSex": QidoColumn("study", "st.patient_sex"),
+    "StudyDate": QidoColumn("study", "st.study_date"),
+    "StudyTime": QidoColumn("study", "st.study_time"),
+    "AccessionNumber": QidoColumn("study", "st.accession_number"),
+    "StudyDescription": QidoColumn("study", "st.study_description"),
+    "StudyID": QidoColumn("study", "st.study_id"),
+    "ModalitiesInStudy": QidoColumn("study", "m.modality",
+                                    "SELECT 1 FROM series m WHERE m.study_uid = st.study_uid"),
+    "SOPClassesInStudy": QidoColumn("study", "m.sop_class_uid",
+                                    "SELECT 1 FROM instances m WHERE m.study_uid = st.study_uid"),
+    "SeriesInstanceUID": QidoColumn("series", "se.series_uid"),
+    "Modality": QidoColumn("series", "se.modality"),
+    "SeriesDescription": QidoColumn("series", "se.series_description"),
+    "SeriesNumber": QidoColumn("series", "se.series_number"),
+    "BodyPartExamined": QidoColumn("series", "se.body_part"),
+    "FrameOfReferenceUID": QidoColumn("series", "se.frame_of_reference_uid"),
+    "SOPInstanceUID": QidoColumn("instance", "i.sop_uid"),
+    "SOPClassUID": QidoColumn("instance", "i.sop_class_uid"),
+    "InstanceNumber": QidoColumn("instance", "i.instance_number"),
+}
+
+
+@dataclass(frozen=True)
+class Match:
+    """One parsed QIDO matching key.
+
+    kind: ``equal`` (values[0]), ``list`` (any of values), ``wildcard`` (values[0] with * and ?), ``range``
+    (values = (low, high), either may be "" for open; bounds compare as text, so DA/TM bounds arrive padded),
+    ``number`` (an IS compared as an integer).
+    """
+
+    attribute: str
+    kind: Literal["equal", "list", "wildcard", "range", "number"]
+    values: tuple[str, ...]
+    ignore_case: bool = False
+    #: Person names: the pattern may match the start of any name component (QIDO fuzzymatching=true).
+    fuzzy: bool = False
+
+    def __post_init__(self) -> None:
+        if self.attribute not in QIDO_COLUMNS:
+            raise ValueError(f"the index cannot match on {self.attribute!r}")
+        if not self.values or (self.kind == "range" and (len(self.values) != 2 or not any(self.values))):
+            raise ValueError(f"a {self.kind} match on {self.attribute} needs values, found {self.values!r}")
+
+
+def _condition(match: Match, expr: str) -> tuple[str, list[Any]]:
+    if match.kind == "equal":
+        return f"{expr} = ?", [match.values[0]]
+    if match.kind == "list":
+        return f"{expr} IN ({','.join('?' * len(match.values))})", list(match.values)
+    if match.kind == "wildcard":
+        flags = (1 if match.ignore_case else 0) | (2 if match.fuzzy else 0)
+        return f"nn_dicom_match({expr}, ?, ?)", [match.values[0], flags]
+    if match.kind == "number":
+        return f"(TRIM({expr}) != '' AND CAST({expr} AS INTEGER) = ?)", [int(match.values[0])]
+    low, high = match.values
+    parts, params = [f"{expr} != ''"], []
+    if low:
+        parts.append(f"{expr} >= ?")
+        params.append(low)
+    if high:
+        parts.append(f"{expr} <= ?")
+        params.append(high)
+    return "(" + " AND ".join(parts) + ")", params
+
+
+def _where(matches: Sequence[Match], level: Level) -> tuple[str, list[Any]]:
+    """Keys of the query's level and above are plain conditions; keys below it (a relational query) must
+    all hold for one series (or instance) of the result, so they go into one EXISTS."""
+    direct: list[str] = []
+    params: list[Any] = []
+    lower: dict[Level, list[tuple[str, list[Any]]]] = {"series": [], "instance": []}
+    for match in matches:
+        column = QIDO_COLUMNS[match.attribute]
+        cond, cond_params = _condition(match, column.expr)
+        if column.exists is not None:
+            cond = f"EXISTS ({column.exists} AND {cond})"
+        if _LEVELS[column.level] <= _LEVELS[level]:
+            direct.append(cond)
+            params.extend(cond_params)
+        else:
+            lower[column.level].append((cond, cond_params))
+    if lower["instance"]:
+        correlate = "i.study_uid = st.study_uid" if level == "study" else "i.series_uid = se.series_uid"
+        join = " JOIN series se ON se.series_uid = i.series_uid" if level == "study" else ""
+        conds = [correlate, *(c for c, _ in lower["series"] + lower["instance"])]
+        direct.append(f"EXISTS (SELECT 1 FROM instances i{join} WHERE {' AND '.join(conds)})")
+        params.extend(p for _, ps in lower["series"] + lower["instance"] for p in ps)
+    elif lower["series"]:
+        conds = ["se.study_uid = st.study_uid", *(c for c, _ in lower["series"])]
+        direct.append(f"EXISTS (SELECT 1 FROM series se WHERE {' AND '.join(conds)})")
+        params.extend(p for _, ps in lower["series"] for p in ps)
+    return (" AND ".join(direct) or "1"), params
+
+
+@lru_cache(maxsize=256)
+def _wildcard_regex(pattern: str, flags: int) -> re.Pattern[str]:
+    body = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    if flags & 2:
+        # Fuzzy person-name matching: the pattern may start any component (family, given, ...) and may be a
+        # prefix of it, so "joh" finds "Doe^John".
+        body = r"(?:.*[\^=\s])?" + body + ".*"
+    return re.compile(body, re.IGNORECASE | re.DOTALL if flags & 1 else re.DOTALL)
+
+
+def _dicom_match(value: str | None, pattern: str, flags: int) -> int:
+    if value is None:
+        return 0
+    return 1 if _wildcard_regex(pattern, flags).fullmatch(value) else 0

@@ -10,13 +10,14 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from fastapi import Request
 from pydicom.datadict import dictionary_has_tag, dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.tag import BaseTag, Tag
+from pydicom.tag import BaseTag
 
 from neuronova.errors import InvalidRequest
 
@@ -41,6 +42,7 @@ class Attribute:
         return f"{self.tag:08X}"
 
 
+@lru_cache(maxsize=1024)
 def resolve_attribute(key: str) -> Attribute:
     """An attribute named in a query by keyword (``PatientID``) or tag (``00100020``); InvalidRequest if neither."""
     if "." in key:
@@ -119,16 +121,23 @@ def dataset_json(ds: Dataset, *, bulk_uri: Callable[[BaseTag], str] | None = Non
     return out
 
 
-def new_element(tag: int, vr: str, value: Any) -> dict[str, Any] | None:
-    """DICOM JSON for a value from the index (None or "" gives an empty element, as Type 2 allows)."""
-    if value in (None, "", []):
+def new_element(vr: str, value: Any) -> dict[str, Any]:
+    """DICOM JSON for a value from the index (None or "" gives an empty element, as Type 2 allows).
+
+    Written directly rather than through pydicom: a search answers thousands of these, and the index holds
+    only simple values (text, whole numbers, lists of text) that need no VR rules beyond these.
+    """
+    if value is None or value == "" or value == []:
         return {"vr": vr}
-    try:
-        elem = DataElement(Tag(tag), vr, value)
-    except Exception as exc:  # an index value that is not valid for its VR: leave the element empty
-        log.debug("cannot encode index value of %08X: %s", tag, exc)
-        return {"vr": vr}
-    return element_json(elem) or {"vr": vr}
+    if vr == "PN":
+        groups = str(value).split("=")
+        name = {key: group for key, group in zip(("Alphabetic", "Ideographic", "Phonetic"), groups) if group}
+        return {"vr": vr, "Value": [name]} if name else {"vr": vr}
+    if isinstance(value, (list, tuple)):
+        return {"vr": vr, "Value": list(value)}
+    if isinstance(value, int):
+        return {"vr": vr, "Value": [value]}
+    return {"vr": vr, "Value": str(value).split("\\")}
 
 
 def dicomweb_base(request: Request, prefix: str = "/dicomweb") -> str:

@@ -256,7 +256,7 @@ def _result(store: InstanceStore, query: QidoQuery, row: sqlite3.Row, *, scope: 
     for keyword in dict.fromkeys(keywords):
         attr = resolve_attribute(keyword)
         if keyword in _COLUMN_OF or keyword == "InstanceAvailability":
-            out[attr.hex] = new_element(attr.tag, attr.vr, _index_value(keyword, row))
+            out[attr.hex] = new_element(attr.vr, _index_value(keyword, row))
         elif attr.hex not in out:  # e.g. ReferringPhysicianName: Type 2, empty unless read from a file
             out[attr.hex] = {"vr": attr.vr}
     out["00081190"] = {"vr": "UR", "Value": [_retrieve_url(base, row, query.level)]}

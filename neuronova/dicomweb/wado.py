@@ -10,8 +10,9 @@
   ``AvailableTransferSyntaxUID`` (0008,3002) names the stored transfer syntax.
 - Frames: ``multipart/related; type="application/octet-stream"``, one part per requested frame, in request
   order: native pixel data is sliced from the file as stored (1-bit frames bit-packed, little endian),
-  compressed pixel data is decoded with pydicom (colour as RGB). A client that asks for the stored
-  compressed media type (``type="image/jp2"``, ``image/jpeg``, ...) gets the encapsulated frames as stored.
+  compressed pixel data is decoded with pydicom (colour as RGB). With ``transfer-syntax=*`` (OHIF's
+  request) compressed frames go as stored, the part's Content-Type naming their transfer syntax; so they do
+  when the stored compressed media type is asked for (``type="image/jp2"``, ``image/jpeg``, ...).
 - Bulk data: ``multipart/related; type="application/octet-stream"`` with one part, the value as stored
   (compressed Pixel Data decoded, frame after frame).
 
@@ -361,21 +362,43 @@ def _encapsulated_frame(px: _Pixels, index: int) -> bytes:
     return encaps.get_frame(ds.PixelData, index, extended_offsets=offsets, number_of_frames=px.frames)
 
 
-def _frame_media(request: Request, transfer_syntax: str) -> str:
-    """The media type the frames are sent as: octet-stream, or the stored compressed type when asked for."""
+@dataclass(frozen=True)
+class _FramePlan:
+    #: The ``type`` of the multipart response and the Content-Type of each part.
+    media: str
+    part: str
+    #: Compressed frames as stored (True) or decoded (False); native frames are sliced either way.
+    as_stored: bool
+
+
+def _frame_plan(request: Request, transfer_syntax: str) -> _FramePlan:
+    """How frames are sent, from the Accept header.
+
+    octet-stream without a transfer syntax (or Explicit VR Little Endian, or any type): native bytes, compressed
+    frames decoded. octet-stream with ``transfer-syntax=*`` (what OHIF asks) or the stored one: as stored, the
+    part's Content-Type naming the stored transfer syntax so the viewer decodes. The stored compressed media
+    type (``image/jp2``, ...): as stored.
+    """
+    encapsulated = UID(transfer_syntax).is_encapsulated
+    native = _FramePlan(OCTET, f"{OCTET}; transfer-syntax={EXPLICIT_VR_LE}", False)
     ranges = parse_accept(request.headers.get("accept"))
     if not ranges:
-        return OCTET
-    stored = FRAME_MEDIA.get(transfer_syntax) if UID(transfer_syntax).is_encapsulated else None
+        return native
+    stored = FRAME_MEDIA.get(transfer_syntax) if encapsulated else None
     for r in ranges:
         ts = r.params.get("transfer-syntax")
-        if _accepts_multipart(r, (OCTET, "application/*")) and ts in (None, "*", EXPLICIT_VR_LE):
-            return OCTET
+        if _accepts_multipart(r, (OCTET, "application/*")):
+            if ts in (None, EXPLICIT_VR_LE):
+                return native
+            if ts in ("*", transfer_syntax):
+                return _FramePlan(OCTET, f"{OCTET}; transfer-syntax={transfer_syntax}", True) if encapsulated \
+                    else native
         if (stored and r.type == "multipart/related" and ts in (None, "*", transfer_syntax)
                 and (r.part_type == stored or r.part_type == stored.split("/")[0] + "/*")):
-            return stored
+            return _FramePlan(stored, f"{stored}; transfer-syntax={transfer_syntax}", True)
     kinds = "application/octet-stream" + (f" or {stored}" if stored else "")
-    raise NotAcceptable(f'frames are answered as multipart/related; type="{kinds}"')
+    raise NotAcceptable(f'frames are answered as multipart/related; type="{kinds}" (stored transfer syntax '
+                        f"{transfer_syntax}; the node does not transcode)")
 
 
 def _parse_frames(frame_list: str, available: int) -> list[int]:
@@ -401,14 +424,14 @@ def retrieve_frames(study: str, series: str, sop: str, frame_list: str, request:
     row = _instances(store, study, series, sop)[0]
     px = _pixels(_path(store, row), row)
     numbers = _parse_frames(frame_list, px.frames)
-    media = _frame_media(request, px.transfer_syntax)
-    if media != OCTET:
-        produce, part = _encapsulated_frame, f"{media}; transfer-syntax={px.transfer_syntax}"
+    plan = _frame_plan(request, px.transfer_syntax)
+    if not px.encapsulated:
+        produce = _native_frame
     else:
-        produce, part = (_decoded_frame if px.encapsulated else _native_frame), OCTET
+        produce = _encapsulated_frame if plan.as_stored else _decoded_frame
     # Each frame is produced when its part is sent, so memory holds one frame at a time.
-    parts = ((part, _lazy(lambda i=n - 1: produce(px, i))) for n in numbers)
-    return _multipart_response(parts, media)
+    parts = ((plan.part, _lazy(lambda i=n - 1: produce(px, i))) for n in numbers)
+    return _multipart_response(parts, plan.media)
 
 
 def _bulk_chunks(px: _Pixels | None, path: Path, elem: RawDataElement | DataElement,

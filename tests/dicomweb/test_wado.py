@@ -119,13 +119,17 @@ def test_bulkdata_of_native_and_compressed_pixel_data(client: DICOMwebClient, co
     assert value == pydicom.dcmread(stored_path(corpus, sop)).pixel_array.astype("<u2", copy=False).tobytes()
 
 
-def test_frames_of_a_native_multiframe_instance(client: DICOMwebClient, corpus: Corpus) -> None:
+def test_frames_of_a_native_multiframe_instance(client: DICOMwebClient, corpus: Corpus, base_url: str) -> None:
     sop = corpus.instances["anna/2"][0]
     frames = pydicom.dcmread(stored_path(corpus, sop)).pixel_array
     got = client.retrieve_instance_frames(corpus.studies["anna"], corpus.series["anna/2"], sop, [3, 1],
                                           media_types=OCTET)
     assert got == [frames[2].astype("<i2").tobytes(), frames[0].astype("<i2").tobytes()]
     assert not np.array_equal(frames[0], frames[2])
+    url = f"{base_url}/studies/{corpus.studies['anna']}/series/{corpus.series['anna/2']}/instances/{sop}/frames/2"
+    response = httpx.get(url, headers={"Accept": "multipart/related; type=application/octet-stream; transfer-syntax=*"})
+    assert multipart_parts(response) == [("application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1",
+                                          frames[1].astype("<i2").tobytes())]
     single = corpus.instances["john/1"][1]  # implicit VR: the frame is the value as stored
     (frame,) = client.retrieve_instance_frames(corpus.studies["john"], corpus.series["john/1"], single, [1],
                                                media_types=OCTET)
@@ -145,7 +149,11 @@ def test_frames_of_a_compressed_instance_decoded_or_as_stored(client: DICOMwebCl
     response = httpx.get(_instance_url(base_url, corpus, "nm/1") + "/frames/1",
                          headers={"Accept": 'multipart/related; type="image/jp2"'})
     assert multipart_parts(response)[0][0] == "image/jp2; transfer-syntax=1.2.840.10008.1.2.4.91"
-    # the client's default Accept (type="*/*") gets octet-stream
+    # OHIF's Accept: octet-stream with any transfer syntax gets the stored frame, its syntax in the part header
+    response = httpx.get(_instance_url(base_url, corpus, "nm/1") + "/frames/1",
+                         headers={"Accept": "multipart/related; type=application/octet-stream; transfer-syntax=*"})
+    assert multipart_parts(response) == [("application/octet-stream; transfer-syntax=1.2.840.10008.1.2.4.91", stored)]
+    # the client's default Accept (type="*/*") gets decoded octet-stream
     (default,) = client.retrieve_instance_frames(corpus.studies["nm"], corpus.series["nm/1"], sop, [1])
     assert default == decoded
 

@@ -1,0 +1,458 @@
+"""Ingest benchmark: the node beside Orthanc and dcmtk's storescp, on loopback, with the same files.
+
+Usage: ``python bench/ingest.py [--quick] [--no-readme] [--sets mr,ct,small] [--only node,orthanc,storescp]``
+
+For each study set (a 155-slice 256x256 MR series, a 200-slice 512x512 CT series, 2000 small instances) and
+each way in (C-STORE by dcmtk's storescu over 1 and 4 parallel associations; STOW-RS with raw multipart over
+1 and 4 parallel clients), a fresh server receives the files; the table gives instances/s, MB/s and the
+server's peak RSS (VmHWM), and the node/Orthanc ratio. Orthanc runs with ``SyncStorageArea`` (it fsyncs, as
+the node does); storescp does not fsync and is a reference for the wire alone.
+
+Not a test: the numbers depend on the machine and on what else runs on it. ``--quick`` is a smoke run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, CTImageStorage, generate_uid
+
+REPO = Path(__file__).resolve().parent.parent
+README = REPO / "bench" / "README.md"
+ORTHANC = "/usr/sbin/Orthanc"
+ORTHANC_DICOMWEB = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}  # Debian's dcmtk leaves Nagle on otherwise (40 ms per instance)
+STOW_BATCH = 50
+
+
+# --- study sets -----------------------------------------------------------------------------------------------
+
+def _series(n: int, *, rows: int, modality: str, study_uid: str, series_number: int, rng: np.random.Generator,
+            patient: str) -> list[Dataset]:
+    series_uid, frame_uid = generate_uid(), generate_uid()
+    sop_class = MRImageStorage if modality == "MR" else CTImageStorage
+    base = rng.integers(0, 1000, size=(rows, rows), dtype=np.uint16)
+    out = []
+    for i in range(n):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = sop_class
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = f"Bench^{patient}", patient, "19700101", "O"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.StudyID = "20260101", "120000", "BENCH1", "1"
+        ds.StudyDescription, ds.SeriesDescription = "Ingest benchmark", f"{modality} bench {series_number}"
+        ds.Modality, ds.SeriesNumber, ds.InstanceNumber = modality, series_number, i + 1
+        ds.FrameOfReferenceUID = frame_uid
+        ds.ImagePositionPatient = [0.0, 0.0, float(i)]
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.PixelSpacing, ds.SliceThickness = [0.9, 0.9], 1.0
+        ds.Rows = ds.Columns = rows
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.PixelData = (base + np.uint16(i)).tobytes()  # simple, distinct per slice
+        out.append(ds)
+    return out
+
+
+def make_sets(directory: Path, *, quick: bool, names: Sequence[str]) -> dict[str, list[Path]]:
+    """Write the study sets as Part 10 files; returns {set name: files}."""
+    rng = np.random.default_rng(0)
+    n_mr, n_ct, n_small = (40, 20, 200) if quick else (155, 200, 2000)
+    spec: dict[str, Callable[[], list[Dataset]]] = {
+        "mr": lambda: _series(n_mr, rows=256, modality="MR", study_uid=generate_uid(), series_number=1, rng=rng,
+                              patient="MR1"),
+        "ct": lambda: _series(n_ct, rows=512, modality="CT", study_uid=generate_uid(), series_number=1, rng=rng,
+                              patient="CT1"),
+        # many small instances: 2 studies of 10 series each (the per-instance cost dominates)
+        "small": lambda: [ds for st in range(2) for study in [generate_uid()] for se in range(10)
+                          for ds in _series(n_small // 20, rows=64, modality="MR", study_uid=study,
+                                            series_number=se + 1, rng=rng, patient=f"SM{st}")],
+    }
+    sets = {}
+    for name in names:
+        d = directory / name
+        d.mkdir(parents=True)
+        paths = []
+        for ds in spec[name]():
+            path = d / f"{ds.SOPInstanceUID}.dcm"
+            pydicom.dcmwrite(path, ds, enforce_file_format=True)
+            paths.append(path)
+        sets[name] = paths
+    return sets
+
+
+# --- servers --------------------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 30, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:] if log is not None and log.exists() else ""
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}\n{tail}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"{proc.args[0]} did not listen on {port} in time")
+
+
+def _tree_pids(pid: int) -> list[int]:
+    """The process and its descendants (several listener processes count together)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def peak_rss_mb(pid: int) -> float:
+    total = 0
+    for p in _tree_pids(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+class Server:
+    name = ""
+    aet = ""
+    stow_url: str | None = None
+    proc: subprocess.Popen
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.dimse_port = free_port()
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def count(self) -> int:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)  # the numbers are taken; no need to wait for a clean stop
+            self.proc.wait(30)
+
+
+class NodeServer(Server):
+    name, aet = "node", "NEURONOVA"
+
+    def start(self) -> None:
+        self.http_port = free_port()
+        self.data = self.workdir / "data"
+        env = {**os.environ, "NEURONOVA_JWT_SECRET": secrets.token_hex(32), "NEURONOVA_DICOMWEB_AUTH": "false"}
+        cmd = [sys.executable, "-m", "neuronova.cli", "serve", "--data-dir", str(self.data),
+               "--http-port", str(self.http_port), "--dimse-port", str(self.dimse_port),
+               "--dimse-host", "127.0.0.1", "--log-level", "WARNING"]
+        with open(self.workdir / "node.log", "ab") as log:
+            self.proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        _wait_port(self.http_port, self.proc, log=self.workdir / "node.log")
+        _wait_port(self.dimse_port, self.proc)
+        self.stow_url = f"http://127.0.0.1:{self.http_port}/dicomweb/studies"
+
+    def count(self) -> int:
+        db = sqlite3.connect(f"file:{self.data / 'index.sqlite3'}?mode=ro", uri=True)
+        try:
+            return int(db.execute("SELECT COUNT(*) FROM instances").fetchone()[0])
+        finally:
+            db.close()
+
+
+class OrthancServer(Server):
+    name, aet = "Orthanc", "ORTHANC"
+
+    def start(self) -> None:
+        self.http_port = free_port()
+        config = {
+            "Name": "bench", "DicomAet": self.aet, "DicomPort": self.dimse_port, "HttpPort": self.http_port,
+            "StorageDirectory": str(self.workdir / "storage"), "IndexDirectory": str(self.workdir / "index"),
+            "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomAlwaysAllowStore": True,
+            "StorageCompression": False, "SyncStorageArea": True,
+            "Plugins": [ORTHANC_DICOMWEB],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "Host": f"127.0.0.1:{self.http_port}"},
+        }
+        path = self.workdir / "orthanc.json"
+        path.write_text(json.dumps(config))
+        with open(self.workdir / "orthanc.log", "ab") as log:
+            self.proc = subprocess.Popen([ORTHANC, str(path)], cwd=self.workdir, env=DCMTK_ENV, stdout=log,
+                                         stderr=subprocess.STDOUT)
+        _wait_port(self.http_port, self.proc, log=self.workdir / "orthanc.log")
+        _wait_port(self.dimse_port, self.proc)
+        self.stow_url = f"http://127.0.0.1:{self.http_port}/dicom-web/studies"
+
+    def count(self) -> int:
+        stats = httpx.get(f"http://127.0.0.1:{self.http_port}/statistics", timeout=30).json()
+        return int(stats["CountInstances"])
+
+
+class StorescpServer(Server):
+    name, aet = "storescp", "STORESCP"
+
+    def start(self) -> None:
+        self.out = self.workdir / "out"
+        self.out.mkdir()
+        self.proc = subprocess.Popen(["storescp", "-aet", self.aet, "-od", str(self.out), str(self.dimse_port)],
+                                     env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_port(self.dimse_port, self.proc)
+
+    def count(self) -> int:
+        return sum(1 for _ in self.out.iterdir())
+
+
+SERVERS: dict[str, type[Server]] = {"node": NodeServer, "orthanc": OrthancServer, "storescp": StorescpServer}
+
+
+# --- senders --------------------------------------------------------------------------------------------------
+
+def _split(files: Sequence[Path], n: int) -> list[list[Path]]:
+    return [list(files[i::n]) for i in range(n)]
+
+
+def send_cstore(server: Server, files: Sequence[Path], parallel: int) -> None:
+    procs = [subprocess.Popen(["storescu", "-R", "-aet", "BENCHSCU", "-aec", server.aet, "127.0.0.1",
+                               str(server.dimse_port), *map(str, part)],
+                              env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for part in _split(files, parallel)]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        if p.returncode != 0:
+            raise RuntimeError(f"storescu failed ({p.returncode}): {err.decode(errors='replace')[-500:]}")
+
+
+def _multipart(files: Sequence[Path], boundary: str) -> bytes:
+    parts = []
+    for f in files:
+        parts += [f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode(), f.read_bytes(), b"\r\n"]
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts)
+
+
+def send_stow(server: Server, files: Sequence[Path], parallel: int) -> None:
+    assert server.stow_url is not None
+    errors: list[str] = []
+
+    def client(part: list[Path]) -> None:
+        with httpx.Client(timeout=600) as http:
+            for i in range(0, len(part), STOW_BATCH):
+                boundary = uuid.uuid4().hex
+                body = _multipart(part[i:i + STOW_BATCH], boundary)
+                r = http.post(server.stow_url, content=body, headers={
+                    "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+                    "Accept": "application/dicom+json"})
+                if r.status_code != 200:
+                    errors.append(f"HTTP {r.status_code}: {r.text[:300]}")
+                    return
+
+    threads = [threading.Thread(target=client, args=(part,)) for part in _split(files, parallel)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise RuntimeError(errors[0])
+
+
+# --- runs -----------------------------------------------------------------------------------------------------
+
+@dataclass
+class Result:
+    server: str
+    dataset: str
+    way: str
+    n: int
+    seconds: float
+    mbytes: float
+    rss_mb: float
+
+    @property
+    def per_s(self) -> float:
+        return self.n / self.seconds
+
+    @property
+    def mb_s(self) -> float:
+        return self.mbytes / self.seconds
+
+
+WAYS: dict[str, tuple[Callable[[Server, Sequence[Path], int], None], int]] = {
+    "C-STORE x1": (send_cstore, 1), "C-STORE x4": (send_cstore, 4),
+    "STOW-RS x1": (send_stow, 1), "STOW-RS x4": (send_stow, 4),
+}
+
+
+def run_one(server_cls: type[Server], dataset: str, files: Sequence[Path], way: str, workroot: Path) -> Result:
+    send, parallel = WAYS[way]
+    workdir = Path(tempfile.mkdtemp(prefix=f"{server_cls.name}-", dir=workroot))
+    server = server_cls(workdir)
+    server.start()
+    try:
+        t0 = time.perf_counter()
+        send(server, files, parallel)
+        seconds = time.perf_counter() - t0
+        rss = peak_rss_mb(server.proc.pid)
+        got = server.count()
+        if got != len(files):
+            raise RuntimeError(f"{server.name} holds {got} instances after {way} of {len(files)}")
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    mbytes = sum(f.stat().st_size for f in files) / 1e6
+    return Result(server_cls.name, dataset, way, len(files), seconds, mbytes, rss)
+
+
+def table(results: list[Result], sets: dict[str, tuple[int, float]]) -> str:
+    lines = ["| set | way | node inst/s | Orthanc inst/s | storescp inst/s | node / Orthanc | node MB/s | "
+             "Orthanc MB/s | node peak RSS MB | Orthanc peak RSS MB |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    by = {(r.server, r.dataset, r.way): r for r in results}
+    for dataset, (n, mb) in sets.items():
+        for way in WAYS:
+            node, orth, scp = (by.get((s, dataset, way)) for s in ("node", "Orthanc", "storescp"))
+            if not (node or orth or scp):
+                continue
+
+            def f(r: Result | None, attr: str, fmt: str = "{:.0f}") -> str:
+                return fmt.format(getattr(r, attr)) if r else "–"
+
+            ratio = f"{node.per_s / orth.per_s:.2f}" if node and orth else "–"
+            lines.append(f"| {dataset} ({n} x {mb / n * 1000:.0f} kB) | {way} | "
+                         f"{f(node, 'per_s')} | {f(orth, 'per_s')} | {f(scp, 'per_s')} | {ratio} | "
+                         f"{f(node, 'mb_s', '{:.1f}')} | {f(orth, 'mb_s', '{:.1f}')} | "
+                         f"{f(node, 'rss_mb')} | {f(orth, 'rss_mb')} |")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, Python "
+            f"{platform.python_version()}, loopback; Orthanc 1.10 with SyncStorageArea, dcmtk 3.6.7 "
+            "(TCP_NODELAY=1)")
+
+
+def write_readme(section: str) -> None:
+    """Replace the "## Ingest" section of bench/README.md, keeping every other section."""
+    text = README.read_text() if README.exists() else "# Benchmarks\n"
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() == "## Ingest"), None)
+    if start is None:
+        new = text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        new = "\n".join([*lines[:start], *section.rstrip("\n").splitlines(), *([""] if end < len(lines) else []),
+                         *lines[end:]]) + "\n"
+    README.write_text(new)
+
+
+SECTION_HEAD = """## Ingest
+
+`.venv/bin/python bench/ingest.py` (`--quick` for a smoke run) generates the study sets, starts each server
+fresh for each measurement on loopback, sends the same files and checks every instance arrived. C-STORE:
+dcmtk `storescu -R` with `TCP_NODELAY=1`, one process per association, each with its share of the files.
+STOW-RS: raw multipart/related bodies of {batch} instances built by hand (httpx), one thread per client.
+Orthanc 1.10 with the DICOMweb plugin, `SyncStorageArea: true` and no compression (it fsyncs each file, as the
+node does); the node with its defaults (fsync of file and directory, then the SQLite index, before success).
+storescp (dcmtk, one process, no fsync) is the wire's reference. Peak RSS is the server's VmHWM (all its
+processes). Clients and servers share the same cores, so the ratio within one run means more than the
+absolute numbers.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer instances: a smoke run")
+    ap.add_argument("--no-readme", action="store_true", help="do not write bench/README.md")
+    ap.add_argument("--sets", default="mr,ct,small")
+    ap.add_argument("--only", default="node,orthanc,storescp", help="servers to run")
+    ap.add_argument("--ways", default=",".join(WAYS), help="comma separated, of: " + ", ".join(WAYS))
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each measurement; the median is reported")
+    ap.add_argument("--workdir", type=Path, help="where files and servers' data go (default: a temp dir)")
+    args = ap.parse_args(argv)
+    names = [s for s in args.sets.split(",") if s]
+    ways = [w.strip() for w in args.ways.split(",") if w.strip()]
+    servers = [SERVERS[s] for s in args.only.split(",") if s]
+
+    root = Path(tempfile.mkdtemp(prefix="nn-bench-", dir=args.workdir))
+    results: list[Result] = []
+    sizes: dict[str, tuple[int, float]] = {}
+    try:
+        t0 = time.perf_counter()
+        sets = make_sets(root / "sets", quick=args.quick, names=names)
+        print(f"study sets written in {time.perf_counter() - t0:.1f} s", flush=True)
+        for dataset, files in sets.items():
+            sizes[dataset] = (len(files), sum(f.stat().st_size for f in files) / 1e6)
+            for way in ways:
+                runs: dict[str, list[Result]] = {}
+                for _ in range(args.repeat):  # interleaved, so that a busy moment hits every server alike
+                    for cls in servers:
+                        if cls is StorescpServer and way.startswith("STOW"):
+                            continue
+                        r = run_one(cls, dataset, files, way, root)
+                        runs.setdefault(r.server, []).append(r)
+                        print(f"{r.server:9s} {dataset:6s} {way:11s} {r.per_s:7.0f} inst/s {r.mb_s:7.1f} MB/s "
+                              f"peak RSS {r.rss_mb:6.0f} MB", flush=True)
+                results += [sorted(rs, key=lambda r: r.seconds)[len(rs) // 2] for rs in runs.values()]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    out = table(results, sizes)
+    print()
+    print(out)
+    if not args.no_readme:
+        kind = ("quick smoke run" if args.quick else "full run") + (
+            f", median of {args.repeat} interleaved runs" if args.repeat > 1 else "")
+        write_readme(SECTION_HEAD.format(batch=STOW_BATCH)
+                     + f"\n{dt.date.today().isoformat()}, {kind}; {machine()}.\n\n{out}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

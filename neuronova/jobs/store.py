@@ -29,9 +29,11 @@ Cond = tuple[str, str, Any]
 EndListener = Callable[[Job], None]
 
 #: A claim accepts a message up to this early (clocks of several machines differ a little).
-CLAIM_SLACK_SECONDS = 1.0
+CLAIM_SLACK_SECONDS = 0.5
 
-_RELEASE = {"worker": None, "claim_token": None, "lease_expires_at": None}
+#: A job leaves a worker's hands: no claim, no lease (the worker's name stays on a finished job, for display).
+_END_CLAIM = {"claim_token": None, "lease_expires_at": None}
+_RELEASE = {**_END_CLAIM, "worker": None}
 
 
 class JobStore(ABC):
@@ -170,7 +172,7 @@ class JobStore(ABC):
         now = time.time() if now is None else now
         values: dict[str, Any] = {**changes, "state": state, "updated_at": now}
         if state in (JobState.SENDING, JobState.DONE):
-            values.update(_RELEASE)
+            values.update(_END_CLAIM)
         if state == JobState.DONE:
             values.update(finished_at=now, progress=100.0, error_code=None, error_message=None)
         return self._changed(self._update(job_id, where=_holding(token), set=values))
@@ -190,7 +192,7 @@ class JobStore(ABC):
         where = _holding(token) if token is not None else [
             ("state", "in", tuple(s for s in JobState if s not in FINAL_STATES))]
         return self._changed(self._update(job_id, where=where, set={
-            **_RELEASE, "state": JobState.FAILED, "error_code": error_code, "error_message": error_message,
+            **_END_CLAIM, "state": JobState.FAILED, "error_code": error_code, "error_message": error_message,
             "finished_at": now, "updated_at": now}))
 
     def mark_sent(self, job_id: str, *, now: float | None = None) -> Job | None:
@@ -217,7 +219,7 @@ class JobStore(ABC):
                              ("lease_expires_at", "lt", now)]
         if job.attempts >= max_attempts:
             return self._changed(self._update(job.job_id, where=where, set={
-                **_RELEASE, "state": JobState.FAILED, "error_code": "WORKER_LOST",
+                **_END_CLAIM, "state": JobState.FAILED, "error_code": "WORKER_LOST",
                 "error_message": f"the worker stopped heartbeating in each of {job.attempts} attempts",
                 "finished_at": now, "updated_at": now}))
         return self._update(job.job_id, where=where, set={**_RELEASE, "state": JobState.QUEUED, "due_at": now,

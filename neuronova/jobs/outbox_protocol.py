@@ -1,0 +1,28 @@
+"""What the job runner needs from the outbox (built elsewhere: neuronova.outbox.worker.OutboxWorker fits).
+
+The runner calls ``enqueue`` with a job's result instances while it still holds the job (so ``enqueue`` must be
+idempotent: a retried job enqueues the same SOP Instance UIDs again), then moves the job to ``sending``; the
+outbox calls ``JobStore.mark_sent(job_id)`` when every result was acknowledged by every destination (or
+``JobStore.fail`` when one was refused for good). ``pending`` lets the runner and the reconciler finish a job
+whose results were all acknowledged before it reached ``sending``.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Outbox(Protocol):
+    def enqueue(self, job_id: str, sop_instance_uids: list[str]) -> None: ...
+
+    def pending(self, job_id: str) -> int: ...
+
+
+class NullOutbox:
+    """No destinations: results stay in the node (and its DICOMweb); a job is done once its results are stored."""
+
+    def enqueue(self, job_id: str, sop_instance_uids: list[str]) -> None:
+        return None
+
+    def pending(self, job_id: str) -> int:
+        return 0

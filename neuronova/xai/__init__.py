@@ -3,7 +3,15 @@
 Every explainer takes a model it does not own (a ``torch.nn.Module`` and a layer in it, or a fitted
 sklearn tree model) and an already preprocessed input, so it works with any model. Each accepts
 ``time_budget_s`` and raises ``neuronova.errors.XAIGenerationError`` when the budget runs out or the
-explainer fails; callers then return the prediction without the explanation.
+explainer fails; callers then return the prediction without the explanation (budget.py says how the
+budget is enforced: a worker thread with a timeout, which stops at its next checkpoint once abandoned).
+
+Thread safety: a model may be shared by threads. Grad-CAM hooks are registered per call, removed when it
+ends, and record only the forward of the thread that registered them (cam.py), so plain inference in other
+threads neither disturbs an explanation nor is disturbed by it. Explanations of one model object are
+serialised by a lock per model (budget.model_lock): a backward pass holds memory for a whole graph, and the
+lock keeps two of them from piling up; waiting for it counts against the time budget. SHAP and the image
+functions keep no shared mutable state except a TreeExplainer cache guarded by a lock.
 """
 
 from neuronova.xai.budget import model_lock, run_with_budget

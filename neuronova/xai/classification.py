@@ -117,7 +117,7 @@ def explain_classification_batch(
                 probabilities=probabilities[i].copy(),
                 predicted_class=int(logits[i].argmax()),
                 target_class=int(targets[i].chosen),  # type: ignore[arg-type]  # set by the backward
-                heatmap=heatmaps[i],
+                heatmap=heatmaps[i].copy(),  # not a view that keeps the whole batch alive
                 layer=name,
             )
             for i in range(n)

@@ -35,7 +35,7 @@ WHOLE_VOLUME = "whole volume"
 
 @dataclass(frozen=True)
 class SegmentationExplanation:
-    cam: np.ndarray  #: (D, H, W) or (H, W) float32 in [0, 1] at the input's resolution
+    cam: np.ndarray  #: (D, H, W) or (H, W) float32 in [0, 1] at the input's (or the requested) resolution
     labels: np.ndarray  #: uint8 label map predicted by the same forward (argmax, or logit > 0 for one channel)
     target_classes: tuple[int, ...]  #: label values whose logits were explained
     target_region: str  #: PREDICTED_MASK, GIVEN_MASK, or WHOLE_VOLUME when no voxel had a target label
@@ -98,20 +98,24 @@ def explain_segmentation(
     *,
     target_classes: Sequence[int] | None = None,
     mask: np.ndarray | None = None,
+    output_shape: Sequence[int] | None = None,
     time_budget_s: float | None = None,
 ) -> SegmentationExplanation:
     """Segment one (1, C, D, H, W) or (1, C, H, W) input and explain the tumour region with Grad-CAM.
 
     ``target_classes``: label values to explain (default every foreground class 1..K-1). ``mask``: a label
     map of the output's spatial shape to explain instead of the prediction (e.g. a corrected mask).
-    Raises XAIGenerationError when the budget runs out or anything fails.
+    ``output_shape``: the CAM's shape (default the input's spatial shape), e.g. the original volume's when
+    the network saw a resampled one. Raises XAIGenerationError when the budget runs out or anything fails.
     """
     if not isinstance(input_tensor, torch.Tensor):
         raise TypeError(f"input_tensor must be a torch.Tensor, got {type(input_tensor).__name__}")
     if input_tensor.ndim not in (4, 5) or input_tensor.shape[0] != 1:
         raise ValueError(f"expected a (1, C, D, H, W) or (1, C, H, W) tensor, got {tuple(input_tensor.shape)}")
     name = layer_name(model, target_layer)
-    spatial = tuple(input_tensor.shape[2:])
+    spatial = tuple(int(n) for n in (output_shape if output_shape is not None else input_tensor.shape[2:]))
+    if len(spatial) != input_tensor.ndim - 2 or min(spatial) < 1:
+        raise ValueError(f"output_shape {output_shape} does not fit a {input_tensor.ndim - 2}-D input")
 
     def explain() -> SegmentationExplanation:
         started = time.perf_counter()

@@ -58,6 +58,9 @@ def test_3d_cam_matches_hand_written_grad_cam_and_covers_the_input(net3d):
     expected = F.interpolate(torch.from_numpy(coarse)[None, None], size=(24, 32, 32), mode="trilinear")[0, 0].numpy()
     np.testing.assert_allclose(cam, expected / expected.max(), atol=1e-4)
     assert all(not m._forward_hooks for m in net3d.modules())
+    resampled = explain_segmentation(net3d, layer, image, output_shape=(48, 64, 40))
+    assert resampled.cam.shape == (48, 64, 40) and resampled.labels.shape == (24, 32, 32)
+    assert resampled.cam.max() == pytest.approx(1.0) and resampled.cam.min() >= 0
 
 
 def test_given_mask_and_empty_mask(net3d):

@@ -71,6 +71,7 @@ class RoutingOut(BaseModel):
     pipelines: list[str]
     reason: str
     decided_at: str | None
+    output_of_job: str | None = Field(description="set when the series holds results of this job (never routed)")
 
 
 class SeriesOut(BaseModel):

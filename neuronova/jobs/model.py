@@ -149,6 +149,8 @@ class RoutingRecord:
     pipelines: tuple[str, ...]
     reason: str
     decided_at: float
+    #: Set on the node's own result series (the job that wrote them): never routed, so no job runs on results.
+    output_of: str | None = None
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "pipelines": list(self.pipelines)}, separators=(",", ":"))
@@ -157,4 +159,5 @@ class RoutingRecord:
     def from_json(cls, text: str | bytes) -> RoutingRecord:
         d = json.loads(text)
         return cls(study_uid=d["study_uid"], series_uid=d["series_uid"], generation=int(d["generation"]),
-                   pipelines=tuple(d["pipelines"]), reason=d["reason"], decided_at=float(d["decided_at"]))
+                   pipelines=tuple(d["pipelines"]), reason=d["reason"], decided_at=float(d["decided_at"]),
+                   output_of=d.get("output_of"))

@@ -3,7 +3,8 @@
 The steps, each a fenced write to the job table (it fails once the claim is lost, and the runner stops):
 claim (``running``) -> pipeline -> ``writing``: each result stored with ``replace=True`` (its UIDs derive from
 the series, pipeline and model version, so a retry rewrites the same instances) and given to the outbox ->
-``sending`` (or ``done`` at once when there is nothing to send) -> the outbox marks it ``done``.
+``sending`` -> the outbox marks it ``done``. A job without results, or a node without destinations, goes to
+``done`` at once. While the pipeline runs, one heartbeat thread per runner extends the lease of its jobs.
 
 Failures: a SeriesError, InvalidRequest, InvalidDicom, NotFound or ConfigError is permanent (``failed`` with its
 code at once); anything else is retried with exponential backoff until ``max_attempts``, then ``failed``
@@ -19,15 +20,15 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
-from types import TracebackType
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import pydicom
 
 from neuronova.config import Settings
 from neuronova.errors import ConfigError, InvalidDicom, InvalidRequest, NeuroNovaError, NotFound, SeriesError
-from neuronova.jobs.model import Job, JobState
+from neuronova.jobs.model import Job, JobState, RoutingRecord
 from neuronova.jobs.outbox_protocol import NullOutbox, Outbox
 from neuronova.jobs.store import JobStore, results_of
 from neuronova.pipelines.registry import Pipeline, PipelineContext, pipelines as registered_pipelines
@@ -62,38 +63,13 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.current_thread().name}"
 
 
-class Heartbeat:
-    """Extends the job's lease every ``interval`` seconds in a thread and carries the reported progress."""
+class Beat:
+    """One claim being kept alive: carries the pipeline's progress and whether the claim was lost."""
 
-    def __init__(self, jobs: JobStore, job: Job, *, interval: float, lease: float) -> None:
-        self.jobs, self.job_id, self.token = jobs, job.job_id, job.claim_token or ""
-        self.interval, self.lease = interval, lease
+    def __init__(self, job: Job) -> None:
+        self.job_id, self.token = job.job_id, job.claim_token or ""
         self.value = 0.0
         self.lost = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job.job_id[:8]}", daemon=True)
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                alive = self.jobs.heartbeat(self.job_id, self.token, lease_seconds=self.lease, progress=self.value)
-            except Exception:
-                # A job-table outage: keep trying; if it lasts past the lease another worker may take over,
-                # and then our fenced writes fail.
-                log.warning("job %s: heartbeat failed", self.job_id, exc_info=True)
-                continue
-            if not alive:
-                self.lost.set()
-                return
 
     def progress(self, percent: float) -> None:
         """The pipeline's progress callback."""
@@ -103,6 +79,53 @@ class Heartbeat:
     def check(self) -> None:
         if self.lost.is_set():
             raise JobLost(self.job_id)
+
+
+class Heartbeats:
+    """One thread per runner extends the lease of every job the runner's threads hold, every ``interval``
+    seconds, and writes their progress (a thread per job would cost more than a trivial job)."""
+
+    def __init__(self, jobs: JobStore, *, interval: float, lease: float) -> None:
+        self.jobs, self.interval, self.lease = jobs, interval, lease
+        self._active: dict[str, Beat] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @contextmanager
+    def holding(self, job: Job) -> Iterator[Beat]:
+        beat = Beat(job)
+        with self._lock:
+            self._active[job.job_id] = beat
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="job-heartbeats", daemon=True)
+                self._thread.start()
+        try:
+            yield beat
+        finally:
+            with self._lock:
+                self._active.pop(job.job_id, None)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                beats = list(self._active.values())
+            for beat in beats:
+                try:
+                    alive = self.jobs.heartbeat(beat.job_id, beat.token, lease_seconds=self.lease,
+                                                progress=beat.value)
+                except Exception:
+                    # A job-table outage: keep trying; if it outlasts the lease another worker may take the job
+                    # over, and then this worker's fenced writes fail.
+                    log.warning("job %s: heartbeat failed", beat.job_id, exc_info=True)
+                    continue
+                if not alive:
+                    beat.lost.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
 
 
 class JobRunner:
@@ -116,6 +139,10 @@ class JobRunner:
         self.enqueue = enqueue
         self.outbox = None if isinstance(outbox, NullOutbox) else outbox
         self._pipelines = pipelines
+        self.heartbeats = Heartbeats(jobs, interval=settings.heartbeat_seconds, lease=lease_seconds(settings))
+
+    def close(self) -> None:
+        self.heartbeats.close()
 
     @property
     def pipelines(self) -> Mapping[str, Pipeline]:
@@ -156,17 +183,18 @@ class JobRunner:
             # queue with one that has it; after max_attempts the job fails saying so.
             raise NeuroNovaError(f"pipeline {job.pipeline!r} is not available on this worker",
                                  code="PIPELINE_NOT_AVAILABLE", http_status=503)
-        with Heartbeat(self.jobs, job, interval=self.settings.heartbeat_seconds,
-                       lease=lease_seconds(self.settings)) as beat:
+        with self.heartbeats.holding(job) as beat:
             context = PipelineContext(job=job, store=self.store, settings=self.settings, progress=beat.progress)
             result = pipeline(context=context)
             beat.check()
-            if self.jobs.advance(job.job_id, token, JobState.WRITING, progress=max(beat.value, 90.0)) is None:
-                raise JobLost(job.job_id)
+            results = results_of(result.datasets)
+            if results:  # nothing to write: straight to done (one write less for trivial jobs)
+                if self.jobs.advance(job.job_id, token, JobState.WRITING, progress=max(beat.value, 90.0)) is None:
+                    raise JobLost(job.job_id)
+                self._mark_outputs(job, result.datasets)
             for ds in result.datasets:
                 self.store.put(_encode(ds), replace=True)
                 beat.check()
-            results = results_of(result.datasets)
             if results and self.outbox is not None:
                 self.outbox.enqueue(job.job_id, [r.sop_instance_uid for r in results])
         summary = _jsonable(result.summary)
@@ -185,6 +213,16 @@ class JobRunner:
             if done is not None:
                 return done.state
         return JobState.SENDING
+
+    def _mark_outputs(self, job: Job, datasets: list[pydicom.Dataset]) -> None:
+        # Before the results reach the index (which re-opens their study): the router must know these series
+        # are results, or a broad rule could run a pipeline on its own output, and again on that output.
+        now = time.time()
+        for study_uid, series_uid in dict.fromkeys((str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID))
+                                                   for ds in datasets):
+            self.jobs.set_routing(RoutingRecord(study_uid=study_uid, series_uid=series_uid, generation=0, pipelines=(),
+                                                reason=f"results of {job.pipeline} (job {job.job_id})",
+                                                decided_at=now, output_of=job.job_id))
 
     def _transient(self, job: Job, token: str, exc: Exception) -> JobState | None:
         if isinstance(exc, NeuroNovaError):

@@ -80,7 +80,10 @@ def _route_study(study_uid: str, generation: int, *, store: InstanceStore, jobs:
     """Record the routing of each series; return each matched (series, pipeline)'s job and whether it was just
     created or reset (new inputs or model version)."""
     out: list[tuple[Job, bool]] = []
+    outputs = {r.series_uid for r in jobs.routing_of_study(study_uid) if r.output_of}
     for row in store.index.series_of_study(study_uid):
+        if row["series_uid"] in outputs:
+            continue  # the node's own results are never inputs
         info = series_info(store, row)
         decision = rules.route(info)
         available = [p for p in decision.pipelines if p in pipelines]

@@ -153,6 +153,7 @@ class JobSystem:
                 log.exception("stopping %s failed", type(part).__name__)
         self._started.clear()
         self.queue.on_enqueue = None
+        self.runner.close()
         self.jobs.close()
 
 

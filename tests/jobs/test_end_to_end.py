@@ -17,7 +17,7 @@ from neuronova.jobs.service import reprocess
 from neuronova.jobs.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from neuronova.jobs.worker import JobSystem, build_job_system
 from neuronova.pipelines.registry import pipelines as registered
-from neuronova.routing.rules import load_rules
+from neuronova.routing.rules import load_rules, parse_rules
 from neuronova.store import InstanceStore
 from tests.jobs.helpers import rules_file, settings_for, store_series, wait_for
 from tests.jobs.testpipes import TEST_PIPELINES, read_runs
@@ -137,6 +137,20 @@ def test_result_instances_are_stored_with_deterministic_uids(make_system) -> Non
     assert second.result_instances == done.result_instances
     assert len(system.store.index.instances_of_series(result.series_uid)) == 1
     assert [e for e, _, _ in read_runs(system.settings.data_dir)].count("finish") == 2
+
+
+def test_results_are_never_routed_as_inputs(make_system) -> None:
+    system = make_system(("MR", "test_slow_sc"))
+    system.rules = parse_rules('[[rule]]\nname = "everything"\npipeline = "test_slow_sc"\n')
+    series = store_series(system.store, 2)
+    study = series[0].StudyInstanceUID
+    [job] = _stable(system, study)
+    [result] = _final(system, job.job_id).result_instances
+    assert system.store.index.study(study)["stable"] == 0  # the results re-opened the study
+    assert _stable(system, study) == []  # stable again: the result series matches the rule but is not routed
+    routing = {r.series_uid: r for r in system.jobs.routing_of_study(study)}
+    assert routing[result.series_uid].output_of == job.job_id
+    assert [j.series_uid for j in system.jobs.jobs_of_study(study)] == [series[0].SeriesInstanceUID]
 
 
 def test_transient_errors_retry_with_backoff_then_succeed(make_system) -> None:

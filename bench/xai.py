@@ -1,6 +1,6 @@
 """What an explanation costs next to the prediction it explains.
 
-    .venv/bin/python bench/xai.py [--threads 1] [--repeats 15] [--size 128] [--skip-3d]
+    .venv/bin/python bench/xai.py [--threads 1] [--repeats 15] [--size 128] [--skip-3d] [--clock wall|cpu]
 
 Random weights (speed does not depend on them). Medians after warm-up (first calls are about 2.5x slower).
 Classification: ResNet18 (4 classes) at 224x224, batch 1 and 8: plain eager forward, ONNX Runtime,

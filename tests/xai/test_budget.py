@@ -52,12 +52,12 @@ def test_failures_become_xai_errors_with_the_cause_chained():
 
 
 def test_slow_grad_cam_exceeds_its_budget_and_the_abandoned_worker_stops_at_its_checkpoint():
-    net = SlowNet(delay=0.5).eval()
+    net = SlowNet(delay=1.0).eval()
     image = torch.zeros(1, 1, 16, 16)
     started = time.perf_counter()
     with pytest.raises(XAIGenerationError, match="time budget"):
         explain_classification(net, net.features, image, time_budget_s=0.1)
-    assert time.perf_counter() - started < 0.4
+    assert time.perf_counter() - started < 0.8  # not the 1 s the forward takes
     # The abandoned worker finishes its sleep, reaches the target layer's checkpoint, gives up there and
     # releases the model: the next explanation with a sufficient budget succeeds.
     net.delay = 0.0

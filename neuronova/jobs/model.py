@@ -11,7 +11,7 @@ import json
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
@@ -81,9 +81,6 @@ class Job:
         return cls(job_id=job_id_for(series_uid, pipeline), study_uid=study_uid, series_uid=series_uid,
                    pipeline=pipeline, model_version=model_version, input_fingerprint=input_fingerprint,
                    created_at=now, updated_at=now, due_at=now)
-
-    def with_(self, **changes: Any) -> Job:
-        return replace(self, **changes)
 
     # --- records (what the backends store) -------------------------------------------------------------
 

@@ -107,6 +107,21 @@ def test_redelivery_is_idempotent_and_reopened_study_reruns_only_changed_series(
     assert rerun.state == JobState.DONE and rerun.summary["slice_count"] == 4
 
 
+def test_study_watcher_drives_the_jobs(make_system) -> None:
+    from neuronova.store.watcher import StudyWatcher
+
+    system = make_system(("MR", "series_geometry"))
+    watcher = StudyWatcher(system.store.index, stable_seconds=0.0)
+    watcher.subscribe(system.on_study_stable)
+    series = store_series(system.store, 2)
+    study = series[0].StudyInstanceUID
+    assert watcher.check_once() == [(study, 1)]
+    [job] = system.jobs.jobs_of_study(study)
+    assert _final(system, job.job_id).state == JobState.DONE
+    assert watcher.check_once() == []  # nothing new: no second generation, no second run
+    assert system.jobs.get(job.job_id).run == 1
+
+
 def test_unmatched_series_is_recorded_not_an_error(make_system) -> None:
     system = make_system(("CT", "series_geometry"))
     series = store_series(system.store, 2)

@@ -18,6 +18,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="a TOML settings file (env NEURONOVA_CONFIG)")
     p.add_argument("--data-dir", type=Path, help="where instances, the index and the queue live (env NEURONOVA_DATA_DIR)")
     p.add_argument("--queue-url", help="redis://host:port/db for a shared queue; unset: embedded SQLite queue")
+    p.add_argument("--job-store-url", help="job table: redis://... (with persistence) or 'sqlite'")
     p.add_argument("--model-dir", type=Path, help="directory of models (default: the shipped demo models)")
     p.add_argument("--log-level", default="INFO")
 

@@ -43,6 +43,9 @@ class Settings(BaseModel):
 
     # Jobs
     queue_url: str | None = None
+    #: Where the job table lives: unset = SQLite in the data directory with the embedded queue, or the queue's
+    #: Redis; a separate redis:// URL (with persistence) survives a flushed queue; "sqlite" forces SQLite.
+    job_store_url: str | None = None
     workers: int = Field(1, ge=0)
     routing_rules: Path | None = None
     max_attempts: int = Field(3, ge=1)

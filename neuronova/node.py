@@ -1,5 +1,6 @@
-"""The node: one process that runs the DIMSE listener, the study watcher, the HTTP app and (embedded) the
-queue consumer. ``neuronova serve`` builds one from the settings and runs it until SIGTERM/SIGINT."""
+"""The node: one process that runs the DIMSE listener, the study watcher, the HTTP app, the outbox and
+(embedded) the queue consumer. ``neuronova serve`` builds one from the settings and runs it until
+SIGTERM/SIGINT; ``neuronova worker`` runs the job system alone (:func:`neuronova.jobs.worker.run_worker`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import uvicorn
 
 from neuronova.api.app import create_app
 from neuronova.config import Settings
+from neuronova.jobs.worker import build_job_system
+from neuronova.outbox.setup import build_outbox
 from neuronova.scp_listener import start_listener
 from neuronova.store import InstanceStore
 from neuronova.store.watcher import StudyWatcher
@@ -22,24 +25,32 @@ class Node:
         self.settings = settings
         self.store = InstanceStore(settings.data_dir, duplicate_policy=settings.duplicate_policy)
         self.watcher = StudyWatcher(self.store.index, stable_seconds=settings.stable_seconds)
-        self._services: list[Any] = []
+        self.jobs = build_job_system(settings, store=self.store)
+        self.outbox = build_outbox(settings, store=self.store, jobs=self.jobs.jobs)
+        self.jobs.runner.outbox = self.outbox
+        self.jobs.reconciler.outbox = self.outbox
+        self.watcher.subscribe(self.jobs.on_study_stable)
         self._listener: Any = None
-        self.app = create_app(settings=settings, store=self.store, state={"watcher": self.watcher})
+        self.app = create_app(settings=settings, store=self.store,
+                              state={"watcher": self.watcher, "outbox": self.outbox, **self.jobs.app_state()})
+        self.app.state.health_providers.append(self.jobs.health)
 
     def start(self) -> None:
-        """Start everything but the HTTP server (tests and ``serve`` then run it)."""
+        """Start everything but the HTTP server (``serve_forever`` runs it)."""
         s = self.settings
+        self.outbox.start()
+        self.jobs.start(workers=s.workers)
+        self.watcher.start()
         self._listener = start_listener(self.store, host=s.dimse_host, port=s.dimse_port, ae_title=s.ae_title,
                                         allowed_aes=s.allowed_aes)
-        self.watcher.start()
 
     def stop(self) -> None:
-        self.watcher.stop()
         if self._listener is not None:
             self._listener.shutdown()
             self._listener = None
-        for service in reversed(self._services):
-            service.stop()
+        self.watcher.stop()
+        self.jobs.stop()
+        self.outbox.stop()
         self.store.close()
 
     def serve_forever(self) -> None:

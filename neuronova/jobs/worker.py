@@ -185,6 +185,11 @@ def run_worker(settings: Settings, *, workers: int, job_store_url: str | None = 
         raise ConfigError("NEURONOVA_WORKERS (--workers): a worker process needs at least 1")
     store = InstanceStore(settings.data_dir, duplicate_policy=settings.duplicate_policy)
     system = build_job_system(settings, store=store, job_store_url=job_store_url, outbox=outbox)
+    if outbox is None and settings.destinations:
+        # Results are queued in the shared outbox; the node (``serve``) sends them.
+        from neuronova.outbox.setup import build_outbox
+
+        system.runner.outbox = system.reconciler.outbox = build_outbox(settings, store=store, jobs=system.jobs)
     system.start(workers=0)
     consumer = Consumer(system.queue.huey, workers=workers, worker_type="thread", periodic=False,
                         initial_delay=POLL_INITIAL_SECONDS, backoff=POLL_BACKOFF, max_delay=POLL_MAX_SECONDS,

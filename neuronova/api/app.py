@@ -48,6 +48,7 @@ def create_app(
     for module in ("neuronova.dicomweb.qido", "neuronova.dicomweb.wado"):
         _include_optional(app, module, protected)
     _include_optional(app, "neuronova.api.status", [Depends(require_token_rate_limited)])
+    _include_optional(app, "neuronova.predict.routes", [])  # its routes declare auth and rate limits themselves
     return app
 
 

@@ -12,6 +12,7 @@ import uvicorn
 from neuronova.api.app import create_app
 from neuronova.config import Settings
 from neuronova.jobs.worker import build_job_system
+from neuronova.models.shared import shared_registry
 from neuronova.outbox.setup import build_outbox
 from neuronova.scp_listener import start_listener
 from neuronova.store import InstanceStore
@@ -34,6 +35,8 @@ class Node:
         self.app = create_app(settings=settings, store=self.store,
                               state={"watcher": self.watcher, "outbox": self.outbox, **self.jobs.app_state()})
         self.app.state.health_providers.append(self.jobs.health)
+        # Models load once per process and are warmed up before the first study or request.
+        self.app.state.models = shared_registry(settings.model_dir, device=settings.device)
 
     def start(self) -> None:
         """Start everything but the HTTP server (``serve_forever`` runs it)."""

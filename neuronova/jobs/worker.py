@@ -36,7 +36,7 @@ from neuronova.jobs.runner import BACKOFF_BASE_SECONDS, JobRunner
 from neuronova.jobs.service import on_study_stable
 from neuronova.jobs.store import JobStore, open_job_store
 from neuronova.jobs.webhook import WebhookSender
-from neuronova.pipelines.registry import Pipeline, pipelines as registered_pipelines
+from neuronova.pipelines.registry import Pipeline, model_pipelines, pipelines as registered_pipelines
 from neuronova.routing.rules import RoutingRules, load_rules
 from neuronova.store import InstanceStore
 
@@ -162,11 +162,11 @@ def build_job_system(settings: Settings, *, store: InstanceStore, job_store_url:
                      rules: RoutingRules | None = None, retry_backoff: float = BACKOFF_BASE_SECONDS) -> JobSystem:
     """Everything one process needs to create and run jobs, from the settings; nothing is started."""
     jobs = open_job_store(data_dir=settings.data_dir, url=resolve_job_store_url(settings, job_store_url))
-    pipes = pipelines if pipelines is not None else registered_pipelines()
+    pipes = pipelines if pipelines is not None else {**registered_pipelines(), **model_pipelines(settings.model_dir)}
     routing = rules if rules is not None else load_rules(settings.routing_rules)
     queue = JobQueue.from_settings(settings)
     runner = JobRunner(jobs=jobs, store=store, settings=settings, enqueue=queue.enqueue, outbox=outbox,
-                       pipelines=pipelines, retry_backoff=retry_backoff)
+                       pipelines=pipes, retry_backoff=retry_backoff)
     queue.run = runner.run
     reconciler = Reconciler(jobs=jobs, enqueue=queue.enqueue, pending_job_ids=queue.pending_job_ids,
                             max_attempts=settings.max_attempts, interval=settings.heartbeat_seconds, outbox=outbox)

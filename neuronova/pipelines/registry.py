@@ -89,11 +89,14 @@ def _load_builtins() -> None:
     if _builtins_loaded:
         return
     # Imported here: the built-in pipelines import this module's types.
+    from neuronova.pipelines.ct_classification import CtClassification
     from neuronova.pipelines.geometry import SeriesGeometry
+    from neuronova.pipelines.mri_segmentation import MriSegmentation
 
     _builtins_loaded = True
-    if SeriesGeometry.name not in PIPELINES:
-        register(SeriesGeometry())
+    for pipeline in (SeriesGeometry(), MriSegmentation(), CtClassification()):
+        if pipeline.name not in PIPELINES:
+            register(pipeline)
 
 
 def pipelines() -> Mapping[str, Pipeline]:
@@ -107,3 +110,11 @@ def get_pipeline(name: str) -> Pipeline:
         return PIPELINES[name]
     except KeyError:
         raise InvalidRequest(f"no pipeline named {name!r}; known: {', '.join(sorted(PIPELINES)) or 'none'}") from None
+
+
+def model_pipelines(model_dir: Path | None) -> dict[str, Pipeline]:
+    """The model pipelines reading their models (and versions) from ``model_dir`` (None: the demo models)."""
+    from neuronova.pipelines.ct_classification import CtClassification
+    from neuronova.pipelines.mri_segmentation import MriSegmentation
+
+    return {p.name: p for p in (MriSegmentation(model_dir), CtClassification(model_dir))}

@@ -42,6 +42,17 @@ class ResultInstanceOut(BaseModel):
     wado_rs: str = Field(description="WADO-RS URL of the instance (relative to the node)")
 
 
+class DeliveryOut(BaseModel):
+    destination: str
+    sent: int
+    pending: int
+    failed: int
+    attempts: int = Field(description="most attempts of one instance to this destination")
+    last_status: str | None
+    last_error: str | None
+    next_try_at: str | None
+
+
 class JobOut(BaseModel):
     job_id: str
     study_instance_uid: str
@@ -64,6 +75,8 @@ class JobOut(BaseModel):
     worker: str | None
     results: list[ResultInstanceOut]
     summary: dict[str, Any]
+    deliveries: list[DeliveryOut] = Field(default_factory=list,
+                                          description="write-back of the results, per destination")
 
 
 class RoutingOut(BaseModel):
@@ -118,6 +131,29 @@ def _wado(request: Request) -> str:
     return getattr(request.app.state, "wado_base", "/dicomweb")
 
 
+def _job(request: Request, job: Any) -> dict[str, Any]:
+    """A job as JSON, with the outbox's view of its results' delivery when this process has an outbox."""
+    out = job_json(job, wado_base=_wado(request))
+    outbox = getattr(request.app.state, "outbox", None)
+    if outbox is None or not job.result_instances:
+        return out
+    by_destination: dict[str, list[Any]] = {}
+    for row in outbox.outbox.for_job(job.job_id):
+        by_destination.setdefault(row.destination, []).append(row)
+    deliveries = []
+    for destination, rows in sorted(by_destination.items()):
+        pending = [r for r in rows if r.state == "pending"]
+        last = max(rows, key=lambda r: r.attempts)
+        deliveries.append({
+            "destination": destination, "sent": sum(r.state == "sent" for r in rows), "pending": len(pending),
+            "failed": sum(r.state == "failed" for r in rows), "attempts": last.attempts,
+            "last_status": last.last_status, "last_error": last.last_error,
+            "next_try_at": iso(min(r.next_try for r in pending)) if pending else None,
+        })
+    out["deliveries"] = deliveries
+    return out
+
+
 def _rules(request: Request) -> Any:
     rules = getattr(request.app.state, "routing_rules", None)
     if rules is None:
@@ -150,7 +186,6 @@ def get_study(study_instance_uid: str, request: Request) -> dict[str, Any]:
     _check_uid(study_instance_uid, "StudyInstanceUID")
     state = request.app.state
     status = service.get_study_status(study_instance_uid, store=state.store, jobs=state.jobs)
-    wado = _wado(request)
     return {
         "study_instance_uid": status.study_uid,
         "stable": status.stable,
@@ -160,14 +195,14 @@ def get_study(study_instance_uid: str, request: Request) -> dict[str, Any]:
         "series": [{"series_instance_uid": s.series_uid, "modality": s.modality,
                     "series_description": s.series_description, "series_number": s.series_number,
                     "instance_count": s.instance_count, "routing": routing_json(s.routing),
-                    "jobs": [job_json(j, wado_base=wado) for j in s.jobs]} for s in status.series],
-        "jobs": [job_json(j, wado_base=wado) for j in status.jobs],
+                    "jobs": [_job(request, j) for j in s.jobs]} for s in status.series],
+        "jobs": [_job(request, j) for j in status.jobs],
     }
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, summary="One job")
 def get_job(job_id: str, request: Request) -> dict[str, Any]:
-    return job_json(service.get_job(job_id, jobs=request.app.state.jobs), wado_base=_wado(request))
+    return _job(request, service.get_job(job_id, jobs=request.app.state.jobs))
 
 
 @router.get("/jobs", response_model=JobPage,
@@ -184,8 +219,7 @@ def list_jobs(
         _check_uid(study_instance_uid, "study_instance_uid")
     page, next_cursor = service.list_jobs(jobs=request.app.state.jobs, state=state, study_uid=study_instance_uid,
                                           since=_parse_since(since), cursor=cursor, limit=limit)
-    wado = _wado(request)
-    return {"jobs": [job_json(j, wado_base=wado) for j in page], "next_cursor": next_cursor}
+    return {"jobs": [_job(request, j) for j in page], "next_cursor": next_cursor}
 
 
 @router.post("/studies/{study_instance_uid}/reprocess", response_model=ReprocessOut, status_code=202,
@@ -197,5 +231,4 @@ def reprocess(study_instance_uid: str, request: Request, body: ReprocessIn | Non
     jobs = service.reprocess(study_instance_uid, pipeline=body.pipeline if body else None, store=state.store,
                              jobs=state.jobs, rules=_rules(request),
                              pipelines=pipes if pipes is not None else registered_pipelines(), enqueue=state.enqueue)
-    wado = _wado(request)
-    return {"study_instance_uid": study_instance_uid, "jobs": [job_json(j, wado_base=wado) for j in jobs]}
+    return {"study_instance_uid": study_instance_uid, "jobs": [_job(request, j) for j in jobs]}

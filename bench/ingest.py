@@ -192,8 +192,8 @@ class NodeServer(Server):
                "--dimse-host", "127.0.0.1", "--log-level", "WARNING"]
         with open(self.workdir / "node.log", "ab") as log:
             self.proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        # The listener starts before the HTTP server: no probe of the DIMSE port (it would hold an association).
         _wait_port(self.http_port, self.proc, log=self.workdir / "node.log")
-        _wait_port(self.dimse_port, self.proc)
         self.stow_url = f"http://127.0.0.1:{self.http_port}/dicomweb/studies"
 
     def count(self) -> int:

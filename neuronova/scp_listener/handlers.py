@@ -26,7 +26,18 @@ PROCESSING_FAILURE = 0x0110
 
 
 def handle_store(event: Event, store: InstanceStore, on_stored: Callable[[StoreResult], None] | None = None) -> int:
-    """Store one instance durably, then answer.
+    """Store one instance durably, then answer (see ``store_status`` for the statuses)."""
+    request = event.request
+    return store_status(lambda: store.put(event.encoded_dataset(include_meta=True)),
+                        sop_class=request.AffectedSOPClassUID, sop_instance=request.AffectedSOPInstanceUID,
+                        calling_ae=event.assoc.requestor.ae_title, on_stored=on_stored)
+
+
+def store_status(commit: Callable[[], StoreResult], *, sop_class: str, sop_instance: str, calling_ae: str,
+                 on_stored: Callable[[StoreResult], None] | None = None) -> int:
+    """Run ``commit`` (it stores one instance) and return the C-STORE status to answer.
+
+    Shared by the pynetdicom handler and the listener's own data phase (dataphase.py), so both answer alike.
 
     Statuses:
       0x0000  stored (fsync'd and indexed), or an identical instance is already held
@@ -38,10 +49,8 @@ def handle_store(event: Event, store: InstanceStore, on_stored: Callable[[StoreR
       0x0110  an unexpected failure (logged with its traceback)
     """
     try:
-        result = store.put(event.encoded_dataset(include_meta=True))
-        request = event.request
-        if (result.instance.sop_instance_uid != request.AffectedSOPInstanceUID
-                or result.instance.sop_class_uid != request.AffectedSOPClassUID):
+        result = commit()
+        if result.instance.sop_instance_uid != sop_instance or result.instance.sop_class_uid != sop_class:
             # Stored already (it is a valid instance), but the sender's command disagrees: tell it.
             log.warning("C-STORE command UIDs differ from the dataset's for %s", result.instance.sop_instance_uid)
             return DATASET_DOES_NOT_MATCH_SOP_CLASS
@@ -49,7 +58,7 @@ def handle_store(event: Event, store: InstanceStore, on_stored: Callable[[StoreR
             on_stored(result)
         return SUCCESS
     except NeuroNovaError as exc:
-        log.info("C-STORE from %s refused (0x%04X): %s", event.assoc.requestor.ae_title, exc.dicom_status, exc)
+        log.info("C-STORE from %s refused (0x%04X): %s", calling_ae, exc.dicom_status, exc)
         return exc.dicom_status
     except Exception:
         log.exception("C-STORE failed unexpectedly")

@@ -1,0 +1,168 @@
+"""POST /predict/mri_segmentation: asynchronous tasks, their status, their files, and restarts."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import threading
+from pathlib import Path
+
+import httpx
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from fastapi.testclient import TestClient
+
+from neuronova.models.segmentation import SegmentationModel
+from neuronova.pipelines.volume import load_series
+from neuronova.predict.segmentation import nifti_affine
+from neuronova.predict.tasks import FAILED, TaskManager
+from tests.predict.conftest import dicom_bytes, mr_zip, nifti_gz, wait_task
+
+URL = "/predict/mri_segmentation"
+
+
+def load_nifti(data: bytes) -> nib.Nifti1Image:
+    return nib.Nifti1Image.from_bytes(gzip.decompress(data))
+
+
+@pytest.mark.slow
+def test_zip_of_a_dicom_series_through_a_real_server(make_api, serve, registry, mr_study) -> None:
+    server = serve(make_api())
+    headers = server.api.headers()
+    with httpx.Client(base_url=server.url, headers=headers, timeout=60) as http:
+        created = http.post(URL, files={"image": ("series.zip", mr_zip(mr_study), "application/zip")},
+                            data={"patient_id": "P123456", "request_id": "REQ_2", "sequence_type": "T1", "xai": "true"})
+        assert created.status_code == 202, created.text
+        task = created.json()
+        assert task["success"] is True and task["status"] == "pending" and task["request_id"] == "REQ_2"
+        assert task["task_id"].startswith("TASK_") and task["estimated_time_seconds"] > 0
+        assert task["status_url"] == f"/predict/task_status/{task['task_id']}"
+        body = wait_task(http.get, task["status_url"])
+        assert body["status"] == "completed", body
+        assert body["progress"] == 100
+        result = body["result"]
+
+        model = registry.get("mri_segmentation", SegmentationModel)
+        volume = load_series(mr_study.datasets)
+        expected = model.predict(volume.array)
+        assert set(result["volumes_ml"]) == {*model.label_names.values(), "whole tumour"}
+        for value, name in model.label_names.items():
+            assert result["volumes_ml"][name] == pytest.approx((expected == value).sum() * volume.voxel_volume_ml,
+                                                                abs=1e-3)
+
+        # the mask, as NIfTI, in the series' geometry; downloading needs the token too
+        assert httpx.get(server.url + result["mask_url"]).status_code == 401
+        mask_response = http.get(result["mask_url"])
+        assert mask_response.status_code == 200
+        mask = load_nifti(mask_response.content)
+        np.testing.assert_array_equal(np.asarray(mask.dataobj).transpose(2, 1, 0), expected)
+        np.testing.assert_allclose(mask.affine, nifti_affine(volume.affine), atol=1e-4)
+        # voxel (i, j, k) of the NIfTI is (x, y, z) of slice z: RAS = LPS with x and y negated
+        lps = volume.index_to_patient((5, 7, 11))
+        ras = mask.affine @ np.array([11, 7, 5, 1.0])
+        np.testing.assert_allclose(ras[:3], lps * [-1, -1, 1], atol=1e-4)
+
+        # the SEG references the uploaded series
+        seg = pydicom.dcmread(io.BytesIO(http.get(result["seg_url"]).content))
+        assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"
+        assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == mr_study.series_instance_uid
+        assert seg.SOPInstanceUID == result["seg"]["sop_instance_uid"]
+
+        cam = result["xai"]["grad_cam"]
+        assert cam["key_slices"], cam
+        for item in cam["key_slices"]:
+            png = http.get(item["overlay_url"])
+            assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+            assert item["sop_instance_uid"] == volume.datasets[item["slice_index"]].SOPInstanceUID
+
+        # another subject sees nothing of it
+        other = server.api.headers("someone-else")
+        assert http.get(task["status_url"], headers=other).status_code == 404
+        assert http.get(result["mask_url"], headers=other).status_code == 404
+        assert http.get(f"/predict/task_result/{task['task_id']}/..%2Ftasks.sqlite3").status_code == 404
+    # the upload is not kept once the task is done
+    task_dir = server.api.settings.data_dir / "predict" / task["task_id"]
+    assert not (task_dir / "input").exists() and (task_dir / "result" / "mask.nii.gz").is_file()
+
+
+@pytest.mark.slow
+def test_nifti_and_several_dicom_files(client, registry, mr_study) -> None:
+    volume = load_series(mr_study.datasets)
+    affine = np.array([[-0.9, 0, 0, 40], [0, 1.1, 0, -30], [0, 0, 2.5, 10], [0, 0, 0, 1]])
+    data = nifti_gz(volume.array.transpose(2, 1, 0), affine)
+    created = client.post(URL, files={"image": ("t1.nii.gz", data, "application/gzip")})
+    assert created.status_code == 202, created.text
+    body = wait_task(client.get, created.json()["status_url"])
+    assert body["status"] == "completed", body
+    result = body["result"]
+    assert "seg_url" not in result and result["input"]["kind"] == "nifti" and result.get("xai") is None
+    mask = load_nifti(client.get(result["mask_url"]).content)
+    np.testing.assert_allclose(mask.affine, affine)
+    model = registry.get("mri_segmentation", SegmentationModel)
+    np.testing.assert_array_equal(np.asarray(mask.dataobj).transpose(2, 1, 0), model.predict(volume.array))
+    assert result["volumes_ml"]["whole tumour"] == pytest.approx(
+        (model.predict(volume.array) > 0).sum() * 0.9 * 1.1 * 2.5 / 1000, abs=1e-3)
+
+    files = [("image", (f"{i}.dcm", dicom_bytes(ds), "application/dicom")) for i, ds in enumerate(mr_study.datasets)]
+    created = client.post(URL, files=files)
+    assert created.status_code == 202, created.text
+    assert wait_task(client.get, created.json()["status_url"])["status"] == "completed"
+
+
+def test_a_bad_series_is_refused_at_once(client, mr_study, ct_slice) -> None:
+    gap = [ds for i, ds in enumerate(mr_study.datasets) if i != 10]
+    files = [("image", (f"{i}.dcm", dicom_bytes(ds))) for i, ds in enumerate(gap)]
+    response = client.post(URL, files=files)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "INVALID_IMAGE_FORMAT"
+    assert "missing slice" in response.json()["error"]["message"]
+    response = client.post(URL, files={"image": ("ct.dcm", dicom_bytes(ct_slice))})
+    assert response.status_code == 400 and "MR series" in response.json()["error"]["message"]
+    response = client.post(URL, files={"image": ("x.zip", b"PK\x03\x04 broken")})
+    assert response.status_code == 400 and response.json()["error"]["code"] == "INVALID_IMAGE_FORMAT"
+    # nothing is left behind by refused uploads
+    assert [p.name for p in (client.app.state.settings.data_dir / "predict").iterdir() if p.is_dir()] == []
+
+
+def test_restart_fails_running_tasks_and_resumes_pending_ones(tmp_path: Path) -> None:
+    release = threading.Event()
+    started = threading.Event()
+    done: list[str] = []
+
+    def slow(record, task_dir, progress):
+        started.set()
+        release.wait(10)
+        return {"ok": True}
+
+    def quick(record, task_dir, progress):
+        done.append(record.task_id)
+        progress(50)
+        return {"ok": True}
+
+    root = tmp_path / "predict"
+    first = TaskManager(root, runners={"seg": slow})
+    ids = []
+    for _ in range(2):
+        task_id, _ = first.new_task()
+        first.submit(task_id=task_id, kind="seg", owner="me", params={})
+        ids.append(task_id)
+    orphan = root / "TASK_550e8400-e29b-41d4-a716-446655440000"
+    orphan.mkdir()  # an upload cut off before its task was recorded
+    assert started.wait(10)
+    first.close()  # the process "dies" with task 0 running and task 1 pending
+
+    second = TaskManager(root, runners={"seg": quick})
+    try:
+        interrupted = second.get(ids[0], owner="me")
+        assert interrupted.status == FAILED and "resubmit" in (interrupted.error_message or "")
+        for _ in range(200):
+            if second.get(ids[1], owner="me").status == "completed":
+                break
+            threading.Event().wait(0.02)
+        assert second.get(ids[1], owner="me").status == "completed"
+        assert done == [ids[1]] and not orphan.exists()
+    finally:
+        release.set()
+        second.close()
+

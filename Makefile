@@ -34,6 +34,9 @@ bench: $(VENV)/.installed system-deps
 	$(VENV)/bin/python bench/ingest.py
 	$(VENV)/bin/python bench/queue.py
 	$(VENV)/bin/python bench/inference.py
+	$(VENV)/bin/python bench/xai.py
+	$(VENV)/bin/python bench/predict.py
+	$(VENV)/bin/python bench/e2e.py
 
 clean:
 	rm -rf $(VENV) $(DATA_DIR)

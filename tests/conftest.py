@@ -153,7 +153,9 @@ class OrthancProcess:
         cfg = self.root / "orthanc.json"
         cfg.write_text(json.dumps(self.config(), indent=1))
         log = open(self.root / "orthanc.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(["/usr/sbin/Orthanc", str(cfg)], stdout=log, stderr=subprocess.STDOUT)
+        # Orthanc's DICOM client is dcmtk: without TCP_NODELAY each forwarded instance waits ~40 ms (Nagle)
+        self.proc = subprocess.Popen(["/usr/sbin/Orthanc", str(cfg)], stdout=log, stderr=subprocess.STDOUT,
+                                     env=DCMTK_ENV)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

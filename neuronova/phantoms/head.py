@@ -9,7 +9,7 @@ Tumour kinds and why they are learnable:
 - glioma: intra-axial in one hemisphere, irregular, necrotic core, rim, wide edema; CT hypodense.
 - meningioma: extra-axial, dural based (centred on the inner table), smooth, solid; CT hyperdense (calcified
   spots sometimes), little edema.
-- pituitary: small, midline, sitting in the sella on the skull base; CT mildly hyperdense, solid.
+- pituitary: small, midline, in the sella on the skull base and growing upwards; CT hyperdense, solid.
 - metastasis (MR only): small solid enhancing nodule with a large edema, anywhere in the brain.
 """
 
@@ -43,7 +43,7 @@ _CT_TUMOUR = {
     "glioma": (31.0, 13.0, 21.0),
     "meningioma": (62.0, 20.0, 23.0),
     "metastasis": (45.0, 15.0, 21.0),
-    "pituitary": (50.0, 20.0, 25.0),
+    "pituitary": (58.0, 20.0, 25.0),
 }
 
 
@@ -166,8 +166,8 @@ def _draw_tumour(rng: np.random.Generator, kind: str, head: _Head) -> TumourSpec
                 continue
             edema, core = rng.uniform(0, 4), 0.0
         elif kind == "pituitary":
-            r = rng.uniform(5, 10)
-            c = np.array([head.base_z + r * rng.uniform(0.3, 0.7), head.sella_y + rng.normal(0, 2), rng.normal(0, 0.8)])
+            r = rng.uniform(6, 11)  # a macroadenoma: it fills and widens the sella and grows upwards
+            c = np.array([head.base_z + r * rng.uniform(0.5, 0.9), head.sella_y + rng.normal(0, 2), rng.normal(0, 0.8)])
             edema, core = 0.0, 0.0
         else:
             raise ValueError(f"unknown tumour kind {kind!r}")
@@ -273,7 +273,7 @@ def make_phantom(seed: int, *, modality: str, shape: tuple[int, int, int],
     for side in (-1, 1):
         tissue[_q(coords, np.array([9.0, 24.0, 5.0]), (vz, 4.0, side * head.ventricle_x)) <= 1] = CSF
     tissue[_q(coords, np.array([6.0, 9.0, 1.5]), (vz - 12, 0.0, 0.0)) <= 1] = CSF
-    tissue[_q(coords, np.array([7.0, 7.0, 7.0]), (head.base_z - 2, head.sella_y, 0.0)) <= 1] = GREY
+    tissue[_q(coords, np.array([5.0, 6.0, 6.0]), (head.base_z - 2, head.sella_y, 0.0)) <= 1] = GREY
 
     labels = np.zeros(shape, np.uint8)
     instance = np.zeros(shape, np.uint8)

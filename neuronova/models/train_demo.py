@@ -1,0 +1,381 @@
+"""Train the three demo models on synthetic phantoms, reproducibly, and write their model directories.
+
+``main(out_dir, seed=0)`` takes a few minutes on two CPU cores; ``quick=True`` trains tiny versions in seconds
+(for tests: the files, export and loading are real, the quality is not). Fixed seeds and a fixed torch thread
+count make a re-run on the same kind of machine give the same weights.
+
+Each model directory gets ``metadata.json`` with the quality measured on held-out phantoms that training never
+saw (different seeds), and networks get ``model.onnx`` (checked against torch, max |difference| recorded) and
+``weights.npz``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import io
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime
+import sklearn
+import torch
+from monai.losses import DiceCELoss
+from torch import nn
+from tqdm import tqdm
+
+import neuronova
+from neuronova.models import architectures, biomarkers
+from neuronova.models.base import ONNX_FILE, WEIGHTS_FILE
+from neuronova.models.classification import DEFAULT_SIZE, preprocess_ct_slices
+from neuronova.models.metadata import Architecture, ModelMetadata, sha256_file, write_metadata
+from neuronova.models.registry import MODEL_IDS, load_model
+from neuronova.models.runtime import save_weights
+from neuronova.models.segmentation import DEFAULT_GRID, labels_to_grid, preprocess_mr
+from neuronova.phantoms import CT_CLASSES, TUMOUR_LABELS, make_ct_phantom, make_mr_phantom
+
+logger = logging.getLogger(__name__)
+
+TRAIN_THREADS = 2
+INTENDED_USE = ("Demonstration and integration testing of the NeuroNova node on synthetic phantoms. Trained only on "
+                "synthetic data; not validated on patient images; not for clinical use.")
+# Seed ranges: training and held-out phantoms never share a seed.
+_TRAIN_BASE, _HELDOUT_BASE = 100_000, 900_000
+
+
+def _set_determinism(seed: int) -> None:
+    # torch.use_deterministic_algorithms(True) made a 3D UNet step 3x slower on CPU; the CPU kernels used here
+    # are deterministic at a fixed thread count already (tests check that two runs give identical weights).
+    torch.manual_seed(seed)
+    torch.set_num_threads(TRAIN_THREADS)
+
+
+def _framework() -> dict[str, str]:
+    return {"torch": torch.__version__.split("+")[0], "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+            "scikit-learn": sklearn.__version__, "numpy": np.__version__, "neuronova": neuronova.__version__}
+
+
+def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, *, dynamic_batch: bool) -> float:
+    """Export to ONNX and return the max |ORT - torch| on ``example`` (raises if above 1e-3)."""
+    module.eval()
+    dynamic = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
+    chatter = io.StringIO()
+    with contextlib.redirect_stdout(chatter):
+        torch.onnx.export(module, (example,), str(path), input_names=["input"], output_names=["logits"], dynamo=True,
+                          external_data=False, dynamic_shapes=dynamic, optimize=True)
+    logger.debug("onnx export: %s", chatter.getvalue())
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with torch.inference_mode():
+        expected = module(example).numpy()
+    actual = session.run(None, {"input": example.numpy()})[0]
+    diff = float(np.abs(actual - expected).max())
+    if diff > 1e-3:
+        raise RuntimeError(f"ONNX Runtime and torch disagree by {diff:.2e} on {path.name}")
+    return diff
+
+
+def _write_network(model_dir: Path, module: nn.Module, example: torch.Tensor, *, dynamic_batch: bool) -> tuple[dict[str, str], float]:
+    model_dir.mkdir(parents=True, exist_ok=True)
+    save_weights(module, model_dir / WEIGHTS_FILE)
+    diff = export_onnx(module, example, model_dir / ONNX_FILE, dynamic_batch=dynamic_batch)
+    return {name: sha256_file(model_dir / name) for name in (ONNX_FILE, WEIGHTS_FILE)}, diff
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    denominator = int(a.sum()) + int(b.sum())
+    return 1.0 if denominator == 0 else 2.0 * int((a & b).sum()) / denominator
+
+
+# ---- MRI segmentation -------------------------------------------------------------------------------------
+
+def _random_mr_shape(rng: np.random.Generator, quick: bool) -> tuple[int, int, int]:
+    """Between the model grid and twice it, so training sees the averaging that inference does."""
+    if quick:
+        return 40, 96, 96
+    xy = int(rng.integers(128, 257))
+    return int(rng.integers(64, 161)), xy, xy
+
+
+def _crop(volume: np.ndarray, labels: np.ndarray, patch: Sequence[int], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    tumour = np.argwhere(labels > 0)
+    if len(tumour) and rng.random() < 0.7:
+        centre = tumour[rng.integers(len(tumour))]
+    else:
+        centre = np.array([rng.integers(n) for n in labels.shape])
+    start = [int(np.clip(c - p // 2, 0, n - p)) for c, p, n in zip(centre, patch, labels.shape, strict=True)]
+    box = tuple(slice(s, s + p) for s, p in zip(start, patch, strict=True))
+    return volume[box], labels[box]
+
+
+def train_segmentation(model_dir: Path, *, seed: int, quick: bool) -> ModelMetadata:
+    cfg = {"n_train": 3, "n_heldout": 1, "steps": 4, "batch": 1, "patch": [32, 48, 48], "lr": 3e-3,
+           "heldout_shape": [40, 96, 96]} if quick else {
+        "n_train": 40, "n_heldout": 8, "steps": 1000, "batch": 2, "patch": [48, 80, 80], "lr": 1e-2,
+        "heldout_shape": [155, 256, 256]}
+    grid = DEFAULT_GRID
+    params = {"spatial_dims": 3, "in_channels": 1, "out_channels": 4, "channels": [8, 16, 32, 64],
+              "strides": [2, 2, 2], "num_res_units": 1, "norm": "instance"}
+    _set_determinism(seed)
+    rng = np.random.default_rng([seed, 1])
+    images, targets = [], []
+    for i in tqdm(range(cfg["n_train"]), desc="mri_segmentation: phantoms", leave=False):
+        phantom = make_mr_phantom(_TRAIN_BASE + seed * 1000 + i, shape=_random_mr_shape(rng, quick))
+        images.append(preprocess_mr(phantom.image, grid)[0, 0])
+        targets.append(labels_to_grid(phantom.labels, grid, 4))
+
+    module = architectures.build("monai.networks.nets.UNet", params)
+    optimiser = torch.optim.AdamW(module.parameters(), lr=cfg["lr"], weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=cfg["lr"], total_steps=cfg["steps"])
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+    module.train()
+    losses = []
+    for _ in tqdm(range(cfg["steps"]), desc="mri_segmentation: training"):
+        xs, ys = [], []
+        for _ in range(cfg["batch"]):
+            k = int(rng.integers(len(images)))
+            x, y = _crop(images[k], targets[k], cfg["patch"], rng)
+            if rng.random() < 0.5:  # left-right mirror: the head is symmetric, tumours are not
+                x, y = x[..., ::-1], y[..., ::-1]
+            x = x * rng.uniform(0.9, 1.1) + rng.uniform(-0.1, 0.1)
+            xs.append(np.ascontiguousarray(x))
+            ys.append(np.ascontiguousarray(y))
+        batch_x = torch.from_numpy(np.stack(xs)[:, None].astype(np.float32))
+        batch_y = torch.from_numpy(np.stack(ys)[:, None].astype(np.int64))
+        optimiser.zero_grad()
+        loss = loss_fn(module(batch_x), batch_y)
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        losses.append(loss.item())
+
+    example = torch.from_numpy(images[0][None, None])
+    files, diff = _write_network(model_dir, module, example, dynamic_batch=False)
+    labels = {str(k): v for k, v in TUMOUR_LABELS.items()}
+    metadata = ModelMetadata(
+        id="mri_segmentation", name="MRI brain tumour segmentation (demo)", version="1.0.0-demo", task="segmentation",
+        description="3D segmentation of enhancing tumour, necrotic core and edema on T1-like MR.",
+        labels=labels,
+        input={"modality": "MR", "sequence": "T1-weighted (post-contrast-like phantom)", "channels": 1,
+               "orientation": "any single-frame stack; array axes (z, y, x) of the loaded series",
+               "spacing": "any; the whole volume is resampled to the grid",
+               "size": list(grid), "resample": "area average to size; labels back by nearest neighbour",
+               "normalisation": {"method": "zscore over voxels above 0.1 x 99th percentile"}},
+        output={"type": "label volume in source geometry", "dtype": "uint8", "labels": labels,
+                "volumes": "mL per label and whole tumour"},
+        architecture=Architecture(name="monai.networks.nets.UNet", params=params),
+        training={"data": "synthetic MR head phantoms (neuronova.phantoms.make_mr_phantom)", "seed": seed,
+                  "train_seeds": [_TRAIN_BASE + seed * 1000, _TRAIN_BASE + seed * 1000 + cfg["n_train"] - 1],
+                  "heldout_seeds": [_HELDOUT_BASE + seed * 1000, _HELDOUT_BASE + seed * 1000 + cfg["n_heldout"] - 1],
+                  "loss": "DiceCE (softmax, foreground Dice)", "optimiser": "AdamW + one-cycle",
+                  "final_loss": round(float(np.mean(losses[-20:])), 4), **cfg, "quick": quick},
+        intended_use=INTENDED_USE, files=files, framework=_framework(),
+        created=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+    write_metadata(model_dir, metadata)
+
+    # Held-out quality through the production path (ONNX Runtime, resample back to source geometry).
+    entry = load_model(model_dir, device="cpu")
+    assert entry.model is not None, entry.error
+    whole, per_label = [], {k: [] for k in TUMOUR_LABELS}
+    for i in tqdm(range(cfg["n_heldout"]), desc="mri_segmentation: held-out", leave=False):
+        phantom = make_mr_phantom(_HELDOUT_BASE + seed * 1000 + i, shape=tuple(cfg["heldout_shape"]),
+                                  n_tumours=1 + i % 3)
+        predicted = entry.model.predict(phantom.image)  # type: ignore[attr-defined]
+        whole.append(_dice(predicted > 0, phantom.labels > 0))
+        for k in TUMOUR_LABELS:
+            if (phantom.labels == k).any():
+                per_label[k].append(_dice(predicted == k, phantom.labels == k))
+    metadata.metrics = {
+        "heldout_phantoms": cfg["n_heldout"],
+        "dice_whole_tumour_mean": round(float(np.mean(whole)), 4),
+        "dice_whole_tumour_min": round(float(np.min(whole)), 4),
+        "dice_per_label_mean": {TUMOUR_LABELS[k]: round(float(np.mean(v)), 4) for k, v in per_label.items() if v},
+        "onnx_max_abs_diff": diff,
+    }
+    write_metadata(model_dir, metadata)
+    return metadata
+
+
+# ---- CT classification ------------------------------------------------------------------------------------
+
+def _ct_slices(phantom_seed: int, cls: str, rng: np.random.Generator, n_tumour: int, n_normal: int) -> tuple[list[np.ndarray], list[int]]:
+    """A CT phantom's brain slices (HU) labelled by what they show: the class where the tumour is at least 40 %
+    of its largest cross-section, "No Tumor" where there is none; slices in between are left out."""
+    shape = (int(rng.integers(24, 49)), 256, 256)
+    phantom = make_ct_phantom(phantom_seed, shape=shape, tumour_class=cls)
+    area = (phantom.labels > 0).sum(axis=(1, 2))
+    brainish = ((phantom.image > 15) & (phantom.image < 60)).sum(axis=(1, 2)) * phantom.spacing[1] * phantom.spacing[2]
+    brain = brainish >= 1500
+    slices, labels = [], []
+    if area.max() > 0:
+        showing = np.flatnonzero(area >= 0.4 * area.max())
+        for z in rng.permutation(showing)[:n_tumour]:
+            slices.append(phantom.image[z])
+            labels.append(CT_CLASSES.index(cls))
+    clear = np.flatnonzero((area == 0) & brain)
+    for z in rng.permutation(clear)[:n_normal]:
+        slices.append(phantom.image[z])
+        labels.append(CT_CLASSES.index("No Tumor"))
+    return slices, labels
+
+
+def train_classification(model_dir: Path, *, seed: int, quick: bool) -> ModelMetadata:
+    cfg = {"per_class": 1, "heldout_per_class": 1, "epochs": 1, "batch": 16, "lr": 3e-3} if quick else {
+        "per_class": 50, "heldout_per_class": 10, "epochs": 25, "batch": 32, "lr": 3e-3}
+    params = {"num_classes": len(CT_CLASSES), "in_channels": 1, "widths": [16, 32, 64, 128], "blocks": 1}
+    _set_determinism(seed)
+    rng = np.random.default_rng([seed, 2])
+
+    def dataset(base: int, per_class: int, label: str) -> tuple[np.ndarray, np.ndarray]:
+        xs: list[np.ndarray] = []
+        ys: list[int] = []
+        for c, cls in enumerate(tqdm(CT_CLASSES, desc=f"ct_classification: {label} phantoms", leave=False)):
+            for i in range(per_class):
+                # a pituitary tumour shows on fewer slices: take more of them
+                showing, normal = (6 if cls == "Pituitary" else 4), (8 if cls == "No Tumor" else 3)
+                s, y = _ct_slices(base + seed * 1000 + c * 100 + i, cls, rng, showing, normal)
+                xs += s
+                ys += y
+        return preprocess_ct_slices(np.stack(xs), size=DEFAULT_SIZE), np.array(ys)
+
+    train_x, train_y = dataset(_TRAIN_BASE, cfg["per_class"], "training")
+    test_x, test_y = dataset(_HELDOUT_BASE, cfg["heldout_per_class"], "held-out")
+
+    module = architectures.build("neuronova.SmallResNet", params)
+    optimiser = torch.optim.AdamW(module.parameters(), lr=cfg["lr"], weight_decay=1e-4)
+    steps_per_epoch = math.ceil(len(train_x) / cfg["batch"])
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=cfg["lr"], total_steps=cfg["epochs"] * steps_per_epoch)
+    # Unweighted: class weights made normal slices look like tumours, and a series is only as specific as its
+    # least specific slice. Many normal slices (3 per tumour phantom, 8 per normal one) teach specificity.
+    counts = np.bincount(train_y, minlength=len(CT_CLASSES))
+    loss_fn = nn.CrossEntropyLoss()
+    module.train()
+    progress = tqdm(total=cfg["epochs"] * steps_per_epoch, desc="ct_classification: training")
+    for _ in range(cfg["epochs"]):
+        order = rng.permutation(len(train_x))
+        for b in range(steps_per_epoch):
+            idx = order[b * cfg["batch"]:(b + 1) * cfg["batch"]]
+            x = train_x[idx].copy()
+            flip = rng.random(len(idx)) < 0.5
+            x[flip] = x[flip][..., ::-1]
+            shift = rng.integers(-6, 7, size=2)
+            x = np.roll(x, tuple(int(s) for s in shift), axis=(2, 3))
+            x = x + rng.normal(0, 0.08, x.shape).astype(np.float32)
+            optimiser.zero_grad()
+            loss = loss_fn(module(torch.from_numpy(x.astype(np.float32))), torch.from_numpy(train_y[idx]))
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            progress.update()
+    progress.close()
+    module.eval()
+
+    files, diff = _write_network(model_dir, module, torch.from_numpy(test_x[:4]), dynamic_batch=True)
+    metadata = ModelMetadata(
+        id="ct_classification", name="CT brain tumour classification (demo)", version="1.0.0-demo",
+        task="classification", description="Glioma / Meningioma / Pituitary / No Tumor on non-contrast head CT.",
+        labels=list(CT_CLASSES),
+        input={"modality": "CT", "orientation": "axial slices", "channels": 1, "size": [DEFAULT_SIZE, DEFAULT_SIZE],
+               "window": {"center": 40, "width": 80}, "normalise": {"mean": 0.5, "std": 0.25},
+               "spacing": "any; each slice padded to a square and resized (antialiased bilinear)",
+               "images": "PNG/JPEG grayscale already brain-windowed (0-255) enter after windowing"},
+        output={"type": "class probabilities (softmax)", "classes": list(CT_CLASSES),
+                "series": "per brain slice, aggregated (see neuronova.models.classification.aggregate_slices); "
+                          "the driving slice is the one with the strongest tumour evidence"},
+        architecture=Architecture(name="neuronova.SmallResNet", params=params),
+        training={"data": "axial slices of synthetic CT head phantoms (neuronova.phantoms.make_ct_phantom)",
+                  "seed": seed, "train_slices": int(len(train_x)), "heldout_slices": int(len(test_x)),
+                  "train_slices_per_class": dict(zip(CT_CLASSES, counts.tolist(), strict=True)),
+                  "loss": "cross-entropy",
+                  "augmentation": "mirror, shift +-6 px, noise", "optimiser": "AdamW + one-cycle", **cfg,
+                  "quick": quick},
+        intended_use=INTENDED_USE, files=files, framework=_framework(),
+        created=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+    write_metadata(model_dir, metadata)
+
+    entry = load_model(model_dir, device="cpu")
+    assert entry.model is not None, entry.error
+    model = entry.model
+    slice_accuracy = float((model.predict_proba(test_x).argmax(1) == test_y).mean())  # type: ignore[attr-defined]
+    correct = 0
+    confusion = np.zeros((len(CT_CLASSES), len(CT_CLASSES)), int)
+    for c, cls in enumerate(CT_CLASSES):
+        for i in range(cfg["heldout_per_class"]):
+            phantom = make_ct_phantom(_HELDOUT_BASE + 500 + seed * 1000 + c * 100 + i,
+                                      shape=(int(rng.integers(24, 49)), 256, 256), tumour_class=cls)
+            result = model.classify_volume(phantom.image, pixel_area_mm2=phantom.spacing[1] * phantom.spacing[2])  # type: ignore[attr-defined]
+            confusion[c, CT_CLASSES.index(result.predicted_class)] += 1
+            correct += result.predicted_class == cls
+    metadata.metrics = {
+        "heldout_slice_accuracy": round(slice_accuracy, 4),
+        "heldout_study_accuracy": round(correct / (len(CT_CLASSES) * cfg["heldout_per_class"]), 4),
+        "heldout_studies": len(CT_CLASSES) * cfg["heldout_per_class"],
+        "study_confusion": {"rows_true_cols_predicted": list(CT_CLASSES), "counts": confusion.tolist()},
+        "chance_accuracy": round(1 / len(CT_CLASSES), 4),
+        "onnx_max_abs_diff": diff,
+    }
+    write_metadata(model_dir, metadata)
+    return metadata
+
+
+# ---- biomarkers ---------------------------------------------------------------------------------------------
+
+def train_biomarkers(model_dir: Path, *, seed: int, quick: bool) -> ModelMetadata:
+    n = 600 if quick else 4000
+    params = dict(biomarkers.HGB_PARAMS, max_iter=10) if quick else dict(biomarkers.HGB_PARAMS)
+    estimators, digest = biomarkers.fit(seed, n, params)
+    test_x, test_y = biomarkers.generate(seed + 1_000_003, 3000)
+    metrics = {f"heldout_accuracy_{name}": round(float((est.predict(test_x) == test_y[name]).mean()), 4)
+               for name, est in estimators.items()}
+    majority = {f"majority_baseline_{name}": round(float(np.bincount(y).max() / len(y)), 4) for name, y in test_y.items()}
+    model_dir.mkdir(parents=True, exist_ok=True)
+    metadata = ModelMetadata(
+        id="biomarker_prediction", name="Biomarker-based tumour prediction (demo)", version="1.0.0-demo",
+        task="tabular_classification",
+        description="Tumour type, metastasis site and metastasis degree from age, sex and serum tumour markers.",
+        labels={name: ", ".join(values) for name, values in biomarkers.OUTPUTS.items()},
+        input={"format": "JSON object 'biomarkers': {age, gender, tumor_markers: {...}}",
+               "features": list(biomarkers.FEATURES),
+               "units": {name: unit for name, (unit, _) in biomarkers.MARKERS.items()},
+               "missing": "any marker may be absent (at least one is needed)"},
+        output={name: list(values) for name, values in biomarkers.OUTPUTS.items()},
+        training={"generator": biomarkers.GENERATOR, "seed": seed, "n_samples": n,
+                  "estimator": "sklearn.ensemble.HistGradientBoostingClassifier, one per output",
+                  "params": params, "data_sha256": digest,
+                  "probe_probabilities": biomarkers.probe_probabilities(estimators, seed),
+                  "storage": "refitted at load from this configuration (no pickle); probes check the refit",
+                  "quick": quick},
+        metrics={**metrics, **majority, "heldout_rows": len(test_x)},
+        intended_use=INTENDED_USE, framework=_framework(),
+        created=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+    write_metadata(model_dir, metadata)
+    return metadata
+
+
+_TRAINERS = {"mri_segmentation": train_segmentation, "ct_classification": train_classification,
+             "biomarker_prediction": train_biomarkers}
+
+
+def main(out_dir: str | Path, *, seed: int = 0, quick: bool = False,
+         models: Sequence[str] = MODEL_IDS) -> dict[str, ModelMetadata]:
+    """Train the demo models into ``out_dir/<model_id>/``; returns their metadata (metrics included)."""
+    out = Path(out_dir)
+    unknown = set(models) - set(_TRAINERS)
+    if unknown:
+        raise ValueError(f"unknown model ids {sorted(unknown)}; known: {list(_TRAINERS)}")
+    previous_threads = torch.get_num_threads()
+    try:
+        results: dict[str, Any] = {}
+        for model_id in models:
+            results[model_id] = _TRAINERS[model_id](out / model_id, seed=seed, quick=quick)
+            logger.info("trained %s: %s", model_id, results[model_id].metrics)
+        return results
+    finally:
+        torch.set_num_threads(previous_threads)

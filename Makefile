@@ -32,7 +32,7 @@ test: system-deps $(VENV)/.installed
 
 bench: $(VENV)/.installed system-deps
 	$(VENV)/bin/python bench/ingest.py
-	$(VENV)/bin/python bench/queue.py
+	$(VENV)/bin/python bench/queue_latency.py
 	$(VENV)/bin/python bench/inference.py
 	$(VENV)/bin/python bench/xai.py
 	$(VENV)/bin/python bench/predict.py

@@ -39,7 +39,7 @@ class Volume:
     array: np.ndarray
     affine: np.ndarray  # 4x4: (z, y, x, 1) index -> LPS mm
     spacing: tuple[float, float, float]  # (z, y, x) mm; z is the step along the slice normal
-    datasets: list[Dataset]  # datasets[k] is the source of array[k]
+    datasets: list[Dataset]  # datasets[k] is the source of array[k]; empty for a volume not read from DICOM
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -51,15 +51,15 @@ class Volume:
 
     @property
     def modality(self) -> str:
-        return str(self.datasets[0].get("Modality", ""))
+        return str(self.datasets[0].get("Modality", "")) if self.datasets else ""
 
     @property
     def series_instance_uid(self) -> str:
-        return str(self.datasets[0].get("SeriesInstanceUID", ""))
+        return str(self.datasets[0].get("SeriesInstanceUID", "")) if self.datasets else ""
 
     @property
     def frame_of_reference_uid(self) -> str:
-        return str(self.datasets[0].get("FrameOfReferenceUID", ""))
+        return str(self.datasets[0].get("FrameOfReferenceUID", "")) if self.datasets else ""
 
     @property
     def voxel_volume_ml(self) -> float:

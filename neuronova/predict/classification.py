@@ -35,10 +35,10 @@ from neuronova.errors import (
 from neuronova.models.classification import ClassificationModel, window
 from neuronova.pipelines.inference import read_image
 from neuronova.predict.batching import MicroBatcher
+from neuronova.predict.render import heatmap_png
 from neuronova.xai import (
     as_data_url,
     explain_classification_batch,
-    heatmap_png,
     important_regions,
     overlay_png,
     resize_heatmap,

@@ -41,11 +41,11 @@ from neuronova.models.segmentation import SegmentationModel
 from neuronova.pipelines.inference import WHOLE_TUMOUR, segment_volume
 from neuronova.pipelines.volume import Volume, load_series
 from neuronova.predict.forms import UploadedFile
+from neuronova.predict.render import heatmap_png
 from neuronova.writers.common import AlgorithmInfo
 from neuronova.writers.seg import write_segmentation
 from neuronova.xai import (
     explain_segmentation,
-    heatmap_png,
     important_regions,
     key_slices,
     overlay_png,

@@ -1,6 +1,6 @@
 """Queue benchmark: enqueue-to-start latency and throughput of trivial jobs, bare Huey vs the job table.
 
-Usage: ``python bench/queue.py [--quick] [--backends sqlite,redis] [--processes 1,2] [--json FILE]``
+Usage: ``python bench/queue_latency.py [--quick] [--backends sqlite,redis] [--processes 1,2] [--json FILE]``
 
 For each backend (SqliteHuey in a data directory; RedisHuey on a redis-server started here, the job table on
 the same server, as ``--queue-url`` alone configures it) and 1 or 2 worker processes (one consumer thread each):

@@ -1,0 +1,124 @@
+"""The commit's durability rules: what is fsync'd before success, leftovers of a crash, concurrent duplicates."""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from neuronova.errors import DuplicateConflict, OutOfResources
+from neuronova.store import InstanceStore
+from neuronova.store import instances as instances_module
+from tests.factory import make_series
+
+
+def _encode(ds) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_file_and_directories_are_fsynced_before_put_returns(tmp_path: Path, monkeypatch) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        real_fsync(fd)
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+
+    monkeypatch.setattr(instances_module.os, "fsync", recording_fsync)
+    store = InstanceStore(tmp_path)
+    ds = make_series(1)[0]
+    result = store.put(_encode(ds))
+    assert result.outcome == "stored"
+    # the file (wherever it was when fsync'd: it is renamed first), its series directory, and the parents of
+    # the directories created for it
+    assert str(result.path) in synced
+    assert str(result.path.parent) in synced and str(result.path.parent.parent) in synced
+    assert str(store.instances_dir) in synced
+    assert store.index.instance(ds.SOPInstanceUID) is not None
+    store.close()
+
+
+def test_an_unindexed_file_at_the_final_path_is_replaced(tmp_path: Path) -> None:
+    """A crash between rename and index leaves a file nobody acknowledged: the resend stores over it."""
+    store = InstanceStore(tmp_path)
+    first, second = make_series(2)
+    for ds, leftover in ((first, b"partial garbage"), (second, _encode(second))):
+        data = _encode(ds)
+        final = store.instances_dir / store.relative_path(ds.StudyInstanceUID, ds.SeriesInstanceUID,
+                                                          ds.SOPInstanceUID)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        final.write_bytes(leftover)
+        result = store.put(data)
+        assert result.outcome == "stored"
+        assert final.read_bytes() == data and store.index.instance(ds.SOPInstanceUID)["size"] == len(data)
+    assert store.put(_encode(first)).outcome == "duplicate"
+    assert list(store.tmp_dir.iterdir()) == []
+    store.close()
+
+
+@pytest.mark.parametrize("same_content", [True, False])
+def test_concurrent_puts_of_one_uid_store_once(tmp_path: Path, same_content: bool, monkeypatch) -> None:
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:  # the first commit is still in flight when the second arrives
+        threading.Event().wait(0.05)
+        real_fsync(fd)
+
+    monkeypatch.setattr(instances_module.os, "fsync", slow_fsync)
+    store = InstanceStore(tmp_path)
+    ds = make_series(1)[0]
+    versions = [_encode(ds)]
+    if not same_content:
+        ds.PatientName = "Other^Name"
+    versions.append(_encode(ds))
+    outcomes: list[object] = []
+    barrier = threading.Barrier(2)
+
+    def put(data: bytes) -> None:
+        barrier.wait()
+        try:
+            outcomes.append((store.put(data).outcome, data))
+        except DuplicateConflict as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=put, args=(v,)) for v in versions]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stored = [o for o in outcomes if isinstance(o, tuple) and o[0] == "stored"]
+    assert len(stored) == 1
+    other = next(o for o in outcomes if o is not stored[0])
+    if same_content:
+        assert isinstance(other, tuple) and other[0] == "duplicate"
+    else:
+        assert isinstance(other, DuplicateConflict)
+    # what is on disk is what was reported stored
+    assert store.path_of(ds.SOPInstanceUID).read_bytes() == stored[0][1]
+    store.close()
+
+
+def test_a_failed_fsync_keeps_nothing(tmp_path: Path, monkeypatch) -> None:
+    store = InstanceStore(tmp_path)
+    ds = make_series(1)[0]
+    real_fsync = os.fsync
+
+    def failing_fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".dcm"):
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(instances_module.os, "fsync", failing_fsync)
+    with pytest.raises(OutOfResources):
+        store.put(_encode(ds))
+    assert store.index.instance(ds.SOPInstanceUID) is None
+    assert not list(store.instances_dir.rglob("*.dcm")) and list(store.tmp_dir.iterdir()) == []
+    monkeypatch.setattr(instances_module.os, "fsync", real_fsync)
+    assert store.put(_encode(ds)).outcome == "stored"
+    store.close()

@@ -81,6 +81,7 @@ class MicroBatcher(Generic[I, R]):
         self.wait_s = wait_ms / 1000.0
         self.name = name
         self.stats = BatchStats()
+        self._stats_lock = threading.Lock()  # with batching off, batches run in many threads
         self._cond = threading.Condition()
         self._pending: list[_Pending[I, R]] = []
         self._announced = 0
@@ -158,9 +159,10 @@ class MicroBatcher(Generic[I, R]):
         live = [p for p in batch if p.future.set_running_or_notify_cancel()]
         if not live:
             return
-        self.stats.batches += 1
-        self.stats.items += len(live)
-        self.stats.largest = max(self.stats.largest, len(live))
+        with self._stats_lock:
+            self.stats.batches += 1
+            self.stats.items += len(live)
+            self.stats.largest = max(self.stats.largest, len(live))
         try:
             results = self.fn([p.item for p in live])
             if len(results) != len(live):

@@ -68,8 +68,9 @@ _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off", ""}
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     providers = getattr(app.state, "health_providers", None)
+    provider = health_provider(app)
     if providers is not None:
-        providers.append(health_provider(app))
+        providers.append(provider)
     settings = getattr(app.state, "settings", None)
     # A node that ran predict tasks before: recover them now (interrupted -> failed, pending -> queued).
     # Otherwise the service is made on the first predict request, so apps that never predict get no files.
@@ -78,10 +79,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        if providers is not None and provider in providers:
+            providers.remove(provider)
         service = getattr(app.state, "predict", None)
         if service is not None:
-            service.close()
             app.state.predict = None
+            await run_in_threadpool(service.close)
 
 
 router = APIRouter(tags=["predict"], lifespan=lifespan, responses=ERROR_RESPONSES)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 import struct
 import time
 import zipfile
@@ -341,8 +340,4 @@ def _explain(loaded: LoadedInput, labels: np.ndarray, keys: list[int], model: Se
         items.append(item)
     return {"method": explanation.method, "layer": explanation.layer, "target_region": explanation.target_region,
             "native_shape": list(explanation.native_shape), "key_slices": items}
-
-
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
 

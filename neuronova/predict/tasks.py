@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,13 +170,14 @@ class TaskManager:
         self.store = TaskStore(root / "tasks.sqlite3")
         self.runners = runners
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="predict-task")
+        self._futures: set[Future[None]] = set()
         self._closed = False
         interrupted = self.store.mark_interrupted()
         if interrupted:
             log.warning("%d predict task(s) were interrupted by a restart and are marked failed", interrupted)
         self._remove_orphans()
         for task_id in self.store.ids(PENDING):
-            self._pool.submit(self._execute, task_id)
+            self._queue(task_id)
 
     def _remove_orphans(self) -> None:
         dirs = [p for p in self.root.iterdir() if p.is_dir() and TASK_ID.fullmatch(p.name)]
@@ -203,7 +204,12 @@ class TaskManager:
         if kind not in self.runners:
             raise ValueError(f"no runner for task kind {kind!r}")
         self.store.create(task_id=task_id, kind=kind, owner=owner, params=params)
-        self._pool.submit(self._execute, task_id)
+        self._queue(task_id)
+
+    def _queue(self, task_id: str) -> None:
+        future = self._pool.submit(self._execute, task_id)
+        self._futures.add(future)
+        future.add_done_callback(self._futures.discard)
 
     def get(self, task_id: str, *, owner: str) -> TaskRecord:
         """The task, or NotFound (404) when it does not exist or belongs to another subject."""
@@ -255,7 +261,13 @@ class TaskManager:
     def counts(self) -> dict[str, int]:
         return {status: len(self.store.ids(status)) for status in (PENDING, RUNNING)}
 
-    def close(self) -> None:
+    def close(self, timeout: float = 10.0) -> None:
+        """Drop the queued runs (they stay pending and run after the next start) and give a running one
+        ``timeout`` seconds to finish; one still running then is marked failed at the next start."""
         self._closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)
+        _, still_running = wait(list(self._futures), timeout=timeout)
+        if still_running:
+            log.warning("%d predict task(s) still running at shutdown", len(still_running))
+            return  # the store stays open for them; the process is ending anyway
         self.store.close()

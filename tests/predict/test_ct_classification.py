@@ -19,7 +19,7 @@ URL = "/predict/ct_classification"
 def decode_data_url(url: str) -> np.ndarray:
     prefix = "data:image/png;base64,"
     assert url.startswith(prefix)
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url[len(prefix):]))))
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url[len(prefix):]))).convert("RGB"))
 
 
 def test_dicom_slice_with_grad_cam(client, registry, ct_slice) -> None:

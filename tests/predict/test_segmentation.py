@@ -12,7 +12,6 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from fastapi.testclient import TestClient
 
 from neuronova.models.segmentation import SegmentationModel
 from neuronova.pipelines.volume import load_series
@@ -150,7 +149,7 @@ def test_restart_fails_running_tasks_and_resumes_pending_ones(tmp_path: Path) ->
     orphan = root / "TASK_550e8400-e29b-41d4-a716-446655440000"
     orphan.mkdir()  # an upload cut off before its task was recorded
     assert started.wait(10)
-    first.close()  # the process "dies" with task 0 running and task 1 pending
+    first.close(timeout=0.1)  # the process "dies" with task 0 running and task 1 pending
 
     second = TaskManager(root, runners={"seg": quick})
     try:

@@ -193,7 +193,11 @@ async def ct_classification(
         if outcome.xai_error is not None:
             xai = _xai_error(outcome.xai_error, required)
         else:
-            xai = {"grad_cam": await run_in_threadpool(classification.grad_cam_part, image, outcome, model)}
+            try:
+                xai = {"grad_cam": await run_in_threadpool(classification.grad_cam_part, image, outcome, model)}
+            except Exception as exc:  # drawing the explanation failed: the prediction still stands
+                log.warning("Grad-CAM pictures failed: %s", type(exc).__name__)
+                xai = _xai_error(XAIGenerationError(f"Grad-CAM pictures failed: {type(exc).__name__}"), required)
     return CTClassificationResponse(
         request_id=request_id, model_id=model.id, model_version=model.version,
         inference_time_ms=round(decode_ms + outcome.forward_ms, 2), batch_size=outcome.batch_size,

@@ -268,6 +268,10 @@ def run_segmentation(*, task_dir: Path, description: dict[str, Any], model: Segm
             body["xai"] = {"grad_cam": _explain(loaded, labels, keys, model, result_dir, files, xai_budget_s)}
         except XAIGenerationError as exc:
             body["xai"] = {"error": {"code": exc.code, "message": exc.message}}
+        except Exception as exc:  # drawing or saving the key slices failed: the segmentation still stands
+            log.warning("segmentation Grad-CAM failed: %s", type(exc).__name__)
+            body["xai"] = {"error": {"code": "XAI_GENERATION_ERROR",
+                                     "message": f"segmentation Grad-CAM failed: {type(exc).__name__}"}}
     body["files"] = files
     return body
 

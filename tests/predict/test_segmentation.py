@@ -12,6 +12,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from fastapi.testclient import TestClient
 
 from neuronova.models.segmentation import SegmentationModel
 from neuronova.pipelines.volume import load_series
@@ -165,3 +166,14 @@ def test_restart_fails_running_tasks_and_resumes_pending_ones(tmp_path: Path) ->
         release.set()
         second.close()
 
+
+
+def test_a_failed_explanation_leaves_the_segmentation(make_api, mr_study) -> None:
+    api = make_api(xai_time_budget_seconds=1e-6)
+    with TestClient(api.app) as client:
+        client.headers.update(api.headers())
+        created = client.post(URL, files={"image": ("s.zip", mr_zip(mr_study))}, data={"xai": "true"})
+        body = wait_task(client.get, created.json()["status_url"])
+    assert body["status"] == "completed", body
+    assert body["result"]["xai"]["error"]["code"] == "XAI_GENERATION_ERROR"
+    assert body["result"]["mask_url"] and body["result"]["seg_url"] and body["result"]["volumes_ml"]

@@ -21,6 +21,7 @@ import filecmp
 import logging
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +43,12 @@ class StoreResult:
     #: "stored", "duplicate" (identical content already held) or "replaced".
     outcome: str
     path: Path
+
+
+#: Overlap the file's and the directories' fsyncs when a file fsync takes longer than this on average. Below
+#: it, handing the directory's fsync to another thread (and waiting for the GIL to come back) costs more than
+#: it saves: on tmpfs or a quiet fast disk the two run one after the other.
+PARALLEL_FSYNC_ABOVE = 0.001
 
 
 def _fsync_dir(path: Path) -> None:
@@ -113,8 +120,9 @@ class InstanceStore:
         self._lock = threading.Lock()
         self._settled = threading.Condition(self._lock)
         self._in_flight: set[Path] = set()  # final paths being committed, guarded by _lock
-        # Directory fsyncs run here while the committing thread fsyncs the file.
+        # Directory fsyncs run here while the committing thread fsyncs the file, when flushes are slow.
         self._syncer = ThreadPoolExecutor(max_workers=8, thread_name_prefix="store-fsync")
+        self._flush_seconds = 0.0
 
     def close(self) -> None:
         self._syncer.shutdown(wait=True)
@@ -226,14 +234,18 @@ class InstanceStore:
         new) if the disk refuses."""
         dirs = {final.parent, *(d.parent for d in created)}
         try:
-            if new:
+            if new and self._flush_seconds > PARALLEL_FSYNC_ABOVE:
                 # Already renamed: the file's fsync and the directories' run together.
                 pending = [self._syncer.submit(_fsync_dir, d) for d in dirs]
                 try:
-                    tmp.sync()
+                    self._timed_sync(tmp)
                 finally:
                     for f in pending:
                         f.result()
+            elif new:
+                self._timed_sync(tmp)
+                for d in dirs:
+                    _fsync_dir(d)
             else:
                 # Over an existing file: the content is durable before the rename, so a crash leaves either.
                 tmp.sync()
@@ -246,6 +258,12 @@ class InstanceStore:
             else:
                 tmp.discard()
             raise _disk_error(exc) from exc
+
+    def _timed_sync(self, tmp: TmpInstance) -> None:
+        start = time.perf_counter()
+        tmp.sync()
+        # A moving average of the file fsync's latency (unlocked: a lost update only delays the average).
+        self._flush_seconds = 0.8 * self._flush_seconds + 0.2 * (time.perf_counter() - start)
 
     def path_of(self, sop_uid: str) -> Path | None:
         row = self.index.instance(sop_uid)

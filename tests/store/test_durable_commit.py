@@ -22,7 +22,14 @@ def _encode(ds) -> bytes:
     return buf.getvalue()
 
 
-def test_file_and_directories_are_fsynced_before_put_returns(tmp_path: Path, monkeypatch) -> None:
+@pytest.fixture(params=["sequential", "parallel"])
+def fsync_mode(request, monkeypatch) -> str:
+    """Both ways of fsyncing a new instance (the store picks by the disk's flush latency)."""
+    monkeypatch.setattr(instances_module, "PARALLEL_FSYNC_ABOVE", -1.0 if request.param == "parallel" else 1e9)
+    return request.param
+
+
+def test_file_and_directories_are_fsynced_before_put_returns(tmp_path: Path, monkeypatch, fsync_mode) -> None:
     synced: list[str] = []
     real_fsync = os.fsync
 
@@ -63,7 +70,8 @@ def test_an_unindexed_file_at_the_final_path_is_replaced(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("same_content", [True, False])
-def test_concurrent_puts_of_one_uid_store_once(tmp_path: Path, same_content: bool, monkeypatch) -> None:
+def test_concurrent_puts_of_one_uid_store_once(tmp_path: Path, same_content: bool, monkeypatch,
+                                               fsync_mode) -> None:
     real_fsync = os.fsync
 
     def slow_fsync(fd: int) -> None:  # the first commit is still in flight when the second arrives
@@ -104,7 +112,7 @@ def test_concurrent_puts_of_one_uid_store_once(tmp_path: Path, same_content: boo
     store.close()
 
 
-def test_a_failed_fsync_keeps_nothing(tmp_path: Path, monkeypatch) -> None:
+def test_a_failed_fsync_keeps_nothing(tmp_path: Path, monkeypatch, fsync_mode) -> None:
     store = InstanceStore(tmp_path)
     ds = make_series(1)[0]
     real_fsync = os.fsync

@@ -46,6 +46,8 @@ TAG_DATASET_TYPE, TAG_STATUS, TAG_SOP_INSTANCE = 0x00000800, 0x00000900, 0x00001
 ABORT_UNSPECIFIED, ABORT_UNEXPECTED_PDU, ABORT_INVALID_PARAMETER = 0, 2, 6
 #: After the A-RELEASE-RP, how long to wait for the requestor to close the connection (PS3.8 7.2: it does).
 RELEASE_LINGER = 2.0
+#: Bytes asked of each recv: PDUs up to this size are read from the buffer (larger ones directly).
+RECV_BUFFER = 256 * 1024
 
 
 class ProtocolError(Exception):
@@ -149,6 +151,9 @@ class DataPhase:
         self._tmp: TmpInstance | None = None
         self._refusal: NeuroNovaError | None = None
         self.stored = 0
+        self._buf = bytearray(RECV_BUFFER)
+        self._view = memoryview(self._buf)
+        self._start = self._end = 0
 
     # --- socket ---------------------------------------------------------------------------------------------
 
@@ -159,6 +164,32 @@ class DataPhase:
                 raise ConnectionError("the peer closed the connection")
             view = view[n:]
 
+    def _read(self, n: int) -> memoryview:
+        """The next ``n`` bytes. Small reads come from a buffer filled by large ``recv`` calls (a command and a
+        small dataset often arrive in one): fewer system calls, each of which releases the GIL. The view is
+        valid until the next read."""
+        start, end = self._start, self._end
+        if end - start >= n:
+            self._start = start + n
+            return self._view[start:start + n]
+        if n > len(self._buf):
+            out = bytearray(n)
+            have = end - start
+            out[:have] = self._view[start:end]
+            self._start = self._end = 0
+            self._recv_into(memoryview(out)[have:])
+            return memoryview(out)
+        if start:  # keep what is buffered at the front
+            self._buf[:end - start] = self._view[start:end]
+            start, end = 0, end - start
+        while end - start < n:
+            got = self.sock.recv_into(self._view[end:])
+            if got == 0:
+                raise ConnectionError("the peer closed the connection")
+            end += got
+        self._start, self._end = start + n, end
+        return self._view[start:start + n]
+
     def _send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
@@ -167,11 +198,10 @@ class DataPhase:
     def serve(self) -> str:
         """Run until the association ends; return "released", "aborted" (by the peer), "closed" or "error"."""
         self.sock.settimeout(self.timeout)
-        header = bytearray(6)
         try:
             while True:
                 try:
-                    self._recv_into(memoryview(header))
+                    header = self._read(6)
                 except TimeoutError:
                     raise ProtocolError("network timeout: no PDU received", ABORT_UNSPECIFIED) from None
                 pdu_type, length = header[0], struct.unpack_from(">L", header, 2)[0]
@@ -179,11 +209,9 @@ class DataPhase:
                     if self.max_pdu and length > self.max_pdu:
                         raise ProtocolError(f"P-DATA-TF of {length} bytes exceeds the maximum {self.max_pdu}",
                                             ABORT_INVALID_PARAMETER)
-                    body = bytearray(length)
-                    self._recv_into(memoryview(body))
-                    self._p_data(body)
+                    self._p_data(self._read(length))
                 elif pdu_type == A_RELEASE_RQ and length == 4:
-                    self._recv_into(memoryview(bytearray(4)))
+                    self._read(4)
                     self._send(struct.pack(">BxLL", A_RELEASE_RP, 4, 0))
                     self._linger()
                     return "released"
@@ -216,8 +244,8 @@ class DataPhase:
         except OSError:
             pass
 
-    def _p_data(self, body: bytearray) -> None:
-        view = memoryview(body)
+    def _p_data(self, body: memoryview) -> None:
+        view = body
         pos, end = 0, len(body)
         while pos < end:
             if pos + 6 > end:

@@ -36,7 +36,7 @@ from neuronova.models.classification import DEFAULT_SIZE, preprocess_ct_slices
 from neuronova.models.metadata import Architecture, ModelMetadata, sha256_file, write_metadata
 from neuronova.models.registry import MODEL_IDS, load_model
 from neuronova.models.runtime import save_weights
-from neuronova.models.segmentation import DEFAULT_GRID, labels_to_grid, preprocess_mr
+from neuronova.models.segmentation import DEFAULT_GRID, DEFAULT_OVERLAP, labels_to_grid, preprocess_mr
 from neuronova.phantoms import CT_CLASSES, TUMOUR_LABELS, make_ct_phantom, make_mr_phantom
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def _framework() -> dict[str, str]:
 
 
 def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, *, dynamic_batch: bool) -> float:
-    """Export to ONNX and return the max |ORT - torch| on ``example`` (raises if above 1e-3)."""
+    """Export to ONNX and return the max |ORT - torch| on ``example`` (raises if they disagree)."""
     module.eval()
     dynamic = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
     chatter = io.StringIO()
@@ -74,8 +74,12 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, *, dynamic
         expected = module(example).numpy()
     actual = session.run(None, {"input": example.numpy()})[0]
     diff = float(np.abs(actual - expected).max())
-    if diff > 1e-3:
-        raise RuntimeError(f"ONNX Runtime and torch disagree by {diff:.2e} on {path.name}")
+    # float32 kernels differ in summation order: allow 1e-3 on logits of order 1, relatively more on large ones
+    # (a trained UNet's logits reach about 50). The predicted classes must agree exactly.
+    scale = max(1.0, float(np.abs(expected).max()) / 10.0)
+    if diff > 1e-3 * scale or not np.array_equal(actual.argmax(1), expected.argmax(1)):
+        raise RuntimeError(f"ONNX Runtime and torch disagree by {diff:.2e} (logits up to "
+                           f"{np.abs(expected).max():.1f}) on {path.name}")
     return diff
 
 
@@ -133,8 +137,9 @@ def train_segmentation(model_dir: Path, *, seed: int, quick: bool) -> ModelMetad
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=cfg["lr"], total_steps=cfg["steps"])
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
     module.train()
-    losses = []
-    for _ in tqdm(range(cfg["steps"]), desc="mri_segmentation: training"):
+    losses: list[float] = []
+    progress = tqdm(range(cfg["steps"]), desc="mri_segmentation: training")
+    for step in progress:
         xs, ys = [], []
         for _ in range(cfg["batch"]):
             k = int(rng.integers(len(images)))
@@ -152,9 +157,12 @@ def train_segmentation(model_dir: Path, *, seed: int, quick: bool) -> ModelMetad
         optimiser.step()
         schedule.step()
         losses.append(loss.item())
+        if step % 20 == 19:
+            progress.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
 
-    example = torch.from_numpy(images[0][None, None])
-    files, diff = _write_network(model_dir, module, example, dynamic_batch=False)
+    patch = [int(v) for v in cfg["patch"]]
+    example = torch.from_numpy(np.stack([_crop(images[0], targets[0], patch, rng)[0] for _ in range(2)])[:, None].copy())
+    files, diff = _write_network(model_dir, module, example, dynamic_batch=True)
     labels = {str(k): v for k, v in TUMOUR_LABELS.items()}
     metadata = ModelMetadata(
         id="mri_segmentation", name="MRI brain tumour segmentation (demo)", version="1.0.0-demo", task="segmentation",
@@ -164,6 +172,8 @@ def train_segmentation(model_dir: Path, *, seed: int, quick: bool) -> ModelMetad
                "orientation": "any single-frame stack; array axes (z, y, x) of the loaded series",
                "spacing": "any; the whole volume is resampled to the grid",
                "size": list(grid), "resample": "area average to size; labels back by nearest neighbour",
+               "window": patch, "overlap": DEFAULT_OVERLAP,
+               "inference": "sliding windows over the grid, Gaussian blending (the training patch size)",
                "normalisation": {"method": "zscore over voxels above 0.1 x 99th percentile"}},
         output={"type": "label volume in source geometry", "dtype": "uint8", "labels": labels,
                 "volumes": "mL per label and whole tumour"},

@@ -107,6 +107,17 @@ def make_sets(directory: Path, *, quick: bool, names: Sequence[str]) -> dict[str
     return sets
 
 
+def make_warmup(directory: Path) -> list[Path]:
+    """Two small instances (one per way in) sent to every server before it is timed."""
+    directory.mkdir(parents=True)
+    paths = []
+    for ds in _series(2, rows=64, modality="MR", study_uid=generate_uid(), series_number=99,
+                      rng=np.random.default_rng(1), patient="WARMUP"):
+        paths.append(directory / f"{ds.SOPInstanceUID}.dcm")
+        pydicom.dcmwrite(paths[-1], ds, enforce_file_format=True)
+    return paths
+
+
 # --- servers --------------------------------------------------------------------------------------------------
 
 def free_port() -> int:
@@ -115,7 +126,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 30, log: Path | None = None) -> None:
+def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 120, log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -173,6 +184,13 @@ class Server:
 
     def count(self) -> int:
         raise NotImplementedError
+
+    def warm_up(self, files: Sequence[Path]) -> None:
+        """Serve one instance each way first: what a process does once (imports, an HTTP framework building its
+        routes on the first request: about 0.35 s for the node) is not ingest throughput."""
+        send_cstore(self, files[:1], 1)
+        if self.stow_url is not None:
+            send_stow(self, files[1:2], 1)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -285,8 +303,9 @@ def send_stow(server: Server, files: Sequence[Path], parallel: int) -> None:
                 r = http.post(server.stow_url, content=body, headers={
                     "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
                     "Accept": "application/dicom+json"})
-                if r.status_code != 200:
-                    errors.append(f"HTTP {r.status_code}: {r.text[:300]}")
+                failed = r.json().get("00081198", {}).get("Value", []) if r.status_code in (200, 202, 409) else []
+                if r.status_code != 200 or failed:
+                    errors.append(f"HTTP {r.status_code}, {len(failed)} failed parts: {r.text[:300]}")
                     return
 
     threads = [threading.Thread(target=client, args=(part,)) for part in _split(files, parallel)]
@@ -325,22 +344,34 @@ WAYS: dict[str, tuple[Callable[[Server, Sequence[Path], int], None], int]] = {
 }
 
 
-def run_one(server_cls: type[Server], dataset: str, files: Sequence[Path], way: str, workroot: Path) -> Result:
+def run_one(server_cls: type[Server], dataset: str, files: Sequence[Path], way: str, workroot: Path,
+            warmup: Sequence[Path], running: Server | None = None) -> Result:
+    """Send ``files`` to a fresh, warmed-up server (or to ``running``, which must not hold them yet) and check it
+    holds them."""
     send, parallel = WAYS[way]
-    workdir = Path(tempfile.mkdtemp(prefix=f"{server_cls.name}-", dir=workroot))
-    server = server_cls(workdir)
-    server.start()
+    server = running
+    if server is None:
+        server = server_cls(Path(tempfile.mkdtemp(prefix=f"{server_cls.name}-", dir=workroot)))
+        server.start()
+        server.warm_up(warmup)
     try:
+        before = server.count()
         t0 = time.perf_counter()
         send(server, files, parallel)
         seconds = time.perf_counter() - t0
         rss = peak_rss_mb(server.proc.pid)
-        got = server.count()
+        got = server.count() - before
+        for _ in range(20):  # an index may lag its acknowledgements a little (not the node's: it indexes first)
+            if got == len(files) or server_cls is NodeServer:
+                break
+            time.sleep(0.25)
+            got = server.count() - before
         if got != len(files):
-            raise RuntimeError(f"{server.name} holds {got} instances after {way} of {len(files)}")
+            raise RuntimeError(f"{server.name} holds {got} new instances after {way} of {len(files)} acknowledged")
     finally:
-        server.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if running is None:
+            server.stop()
+            shutil.rmtree(server.workdir, ignore_errors=True)
     mbytes = sum(f.stat().st_size for f in files) / 1e6
     return Result(server_cls.name, dataset, way, len(files), seconds, mbytes, rss)
 
@@ -424,26 +455,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="nn-bench-", dir=args.workdir))
     results: list[Result] = []
     sizes: dict[str, tuple[int, float]] = {}
+    failures: list[str] = []
+    # The full run starts a fresh server for each measurement. The quick run starts each server once (the
+    # node takes seconds to start) and sends each measurement a fresh copy of the set (new UIDs).
+    running: dict[type[Server], Server] = {}
     try:
         t0 = time.perf_counter()
         sets = make_sets(root / "sets", quick=args.quick, names=names)
         print(f"study sets written in {time.perf_counter() - t0:.1f} s", flush=True)
+        warmup = make_warmup(root / "warmup")
+        if args.quick:
+            for cls in servers:
+                running[cls] = cls(Path(tempfile.mkdtemp(prefix=f"{cls.name}-", dir=root)))
+                running[cls].start()
+                running[cls].warm_up(warmup)
         for dataset, files in sets.items():
             sizes[dataset] = (len(files), sum(f.stat().st_size for f in files) / 1e6)
             for way in ways:
                 runs: dict[str, list[Result]] = {}
-                for _ in range(args.repeat):  # interleaved, so that a busy moment hits every server alike
+                for i in range(args.repeat):  # interleaved, so that a busy moment hits every server alike
                     for cls in servers:
                         if cls is StorescpServer and way.startswith("STOW"):
                             continue
-                        r = run_one(cls, dataset, files, way, root)
+                        if running:
+                            copy = root / f"copy-{cls.name}-{dataset}-{way.replace(' ', '')}-{i}"
+                            files = make_sets(copy, quick=True, names=[dataset])[dataset]
+                        try:
+                            r = run_one(cls, dataset, files, way, root, warmup, running.get(cls))
+                        except RuntimeError as exc:  # reported with the table, the other runs go on
+                            failures.append(f"{cls.name} {dataset} {way}: {str(exc).splitlines()[0]}")
+                            print("FAILED:", failures[-1], flush=True)
+                            continue
                         runs.setdefault(r.server, []).append(r)
                         print(f"{r.server:9s} {dataset:6s} {way:11s} {r.per_s:7.0f} inst/s {r.mb_s:7.1f} MB/s "
                               f"peak RSS {r.rss_mb:6.0f} MB", flush=True)
                 results += [sorted(rs, key=lambda r: r.seconds)[len(rs) // 2] for rs in runs.values()]
     finally:
+        for server in running.values():
+            server.stop()
         shutil.rmtree(root, ignore_errors=True)
     out = table(results, sizes)
+    if failures:
+        out += "\n\nFailed runs (not in the table):\n" + "\n".join(f"- {f}" for f in failures)
     print()
     print(out)
     if not args.no_readme:

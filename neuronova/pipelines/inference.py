@@ -178,8 +178,10 @@ def _inputs(model: NetworkModel, batch: np.ndarray, target_class: int | None) ->
 
 def gradcam_inputs_for_volume(volume: Volume, model: SegmentationModel, *, target_label: int = 1) -> GradCamInputs:
     """The UNet, its input on the model grid (1, 1, *grid) and the bottleneck layer; ``target_label`` is the
-    tumour label to explain. Map a grid-sized map back with ``neuronova.models.segmentation.labels_to_source``
-    (nearest) or any resampling to ``volume.shape``."""
+    tumour label to explain. The prediction runs this same tensor through overlapping windows; the network is
+    fully convolutional, so Grad-CAM may take the whole grid at once (its instance normalisation then sees
+    whole-grid statistics: fine for a heat map, not for the labels). Map a grid-sized map back with
+    ``neuronova.models.segmentation.labels_to_source`` (nearest) or any resampling to ``volume.shape``."""
     return _inputs(model, model.preprocess(volume.array), target_label)
 
 

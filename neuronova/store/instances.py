@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from neuronova.errors import DuplicateConflict, InvalidDicom, NeuroNovaError, OutOfResources, StudyMismatch
 from neuronova.store.index import Index
@@ -63,6 +63,39 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class DirectorySync:
+    """Group commit of directory fsyncs: ``sync(d)`` returns once an fsync of ``d`` that *began after the call*
+    has completed, so every entry changed in ``d`` before the call is durable. Callers that arrive while an
+    fsync of ``d`` runs share the next one: with several associations writing into one series directory,
+    one directory flush covers several instances (each file still gets its own fsync)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._state: dict[Path, list[Any]] = {}  # directory -> [generations started, completed, running]
+
+    def sync(self, directory: Path) -> None:
+        with self._cond:
+            state = self._state.setdefault(directory, [0, 0, False])
+            target = state[0] + 1  # the next fsync to start begins after this call
+            while state[1] < target:
+                if state[2]:
+                    self._cond.wait()
+                    continue
+                state[0] += 1
+                state[2], generation = True, state[0]
+                self._cond.release()
+                try:
+                    _fsync_dir(directory)
+                finally:
+                    self._cond.acquire()
+                    state[2] = False
+                    self._cond.notify_all()
+                state[1] = max(state[1], generation)
+            if len(self._state) > KNOWN_DIRS:
+                for d in [d for d, st in self._state.items() if not st[2]]:
+                    del self._state[d]
 
 
 def _disk_error(exc: OSError) -> NeuroNovaError:
@@ -157,6 +190,7 @@ class InstanceStore:
         # Directory fsyncs run here while the committing thread fsyncs the file, when flushes are slow.
         self._syncer = ThreadPoolExecutor(max_workers=8, thread_name_prefix="store-fsync")
         self._flush_seconds = 0.0
+        self._dirs = DirectorySync()
         # Series directories known to exist inside the data directory, with durable entries.
         self._known_dirs: set[Path] = set()
 
@@ -281,7 +315,7 @@ class InstanceStore:
         try:
             if new and self._flush_seconds > PARALLEL_FSYNC_ABOVE:
                 # Already renamed: the file's fsync and the directories' run together.
-                pending = [self._syncer.submit(_fsync_dir, d) for d in dirs]
+                pending = [self._syncer.submit(self._dirs.sync, d) for d in dirs]
                 try:
                     self._timed_sync(tmp)
                 finally:
@@ -290,13 +324,13 @@ class InstanceStore:
             elif new:
                 self._timed_sync(tmp)
                 for d in dirs:
-                    _fsync_dir(d)
+                    self._dirs.sync(d)
             else:
                 # Over an existing file: the content is durable before the rename, so a crash leaves either.
                 tmp.sync()
                 os.replace(tmp.path, final)
                 for d in dirs:
-                    _fsync_dir(d)
+                    self._dirs.sync(d)
         except OSError as exc:
             if new:
                 final.unlink(missing_ok=True)

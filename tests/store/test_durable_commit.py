@@ -6,6 +6,7 @@ import errno
 import io
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,38 @@ def test_a_failed_fsync_keeps_nothing(tmp_path: Path, monkeypatch, fsync_mode) -
     monkeypatch.setattr(instances_module.os, "fsync", real_fsync)
     assert store.put(_encode(ds)).outcome == "stored"
     store.close()
+
+
+def test_directory_sync_is_shared_and_always_starts_after_the_call(tmp_path: Path, monkeypatch) -> None:
+    """Group commit: concurrent callers share fsyncs, and each returns only after an fsync that began after
+    it was called (so the entries it changed before calling are covered)."""
+    fsyncs: list[tuple[float, float]] = []
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        start = time.monotonic()
+        threading.Event().wait(0.02)
+        real_fsync(fd)
+        fsyncs.append((start, time.monotonic()))
+
+    monkeypatch.setattr(instances_module.os, "fsync", slow_fsync)
+    dirsync = instances_module.DirectorySync()
+    calls: list[tuple[float, float]] = []
+    lock = threading.Lock()
+
+    def call(delay: float) -> None:
+        threading.Event().wait(delay)
+        start = time.monotonic()
+        dirsync.sync(tmp_path)
+        with lock:
+            calls.append((start, time.monotonic()))
+
+    threads = [threading.Thread(target=call, args=(i * 0.004,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 12
+    assert 1 <= len(fsyncs) < 12  # shared
+    for called, returned in calls:
+        assert any(called <= began and ended <= returned for began, ended in fsyncs)

@@ -22,6 +22,7 @@ import filecmp
 import io
 import logging
 import os
+import socket
 import threading
 import time
 import uuid
@@ -37,6 +38,27 @@ from neuronova.store.scan import ScannedInstance, scan_part10
 from neuronova.store.uids import validate_uid
 
 log = logging.getLogger(__name__)
+
+_HOST = socket.gethostname().replace("-", "_")
+_STALE_SECONDS = 86400.0
+
+
+def _abandoned(path: Path) -> bool:
+    """Whether a temporary file's writer is gone: a dead process of this host, or a day old."""
+    host, _, rest = path.name.partition("-")
+    pid = rest.partition("-")[0]
+    if host == _HOST and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return int(pid) == os.getpid()
+    try:
+        return time.time() - path.stat().st_mtime > _STALE_SECONDS or not pid.isdigit()
+    except FileNotFoundError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -186,9 +208,12 @@ class InstanceStore:
         self.tmp_dir = self.root / "tmp"
         for d in (self.root, self.instances_dir, self.tmp_dir):
             d.mkdir(parents=True, exist_ok=True)
-        # A temporary file left by a killed process was never acknowledged: drop it.
+        # A temporary file left by a killed process was never acknowledged: drop it. Other processes may share
+        # the data directory (``neuronova worker``), so only files of dead processes of this host go (or any
+        # older than a day, from another host).
         for leftover in self.tmp_dir.iterdir():
-            leftover.unlink(missing_ok=True)
+            if _abandoned(leftover):
+                leftover.unlink(missing_ok=True)
         self.index = Index(self.root / "index.sqlite3")
         self.duplicate_policy = duplicate_policy
         self._lock = threading.Lock()
@@ -206,7 +231,7 @@ class InstanceStore:
         self.index.close()
 
     def new_tmp(self) -> TmpInstance:
-        return TmpInstance(self.tmp_dir / f"{uuid.uuid4().hex}.part")
+        return TmpInstance(self.tmp_dir / f"{_HOST}-{os.getpid()}-{uuid.uuid4().hex}.part")
 
     def put(self, chunks: bytes | Iterable[bytes], *, replace: bool = False,
             expected_study_uid: str | None = None) -> StoreResult:

@@ -106,3 +106,25 @@ def test_out_of_space_is_out_of_resources(tmp_path: Path) -> None:
         store.close()
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_opening_a_store_keeps_temporary_files_of_live_processes(tmp_path: Path) -> None:
+    """``neuronova worker`` shares the data directory: its in-flight files must survive another process's start."""
+    import subprocess
+
+    from neuronova.store.instances import _HOST
+
+    InstanceStore(tmp_path).close()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    live = subprocess.Popen(["sleep", "30"])
+    try:
+        live_file = tmp_path / "tmp" / f"{_HOST}-{live.pid}-a.part"
+        dead_file = tmp_path / "tmp" / f"{_HOST}-{dead.pid}-b.part"
+        live_file.write_bytes(b"x")
+        dead_file.write_bytes(b"x")
+        InstanceStore(tmp_path).close()
+        assert live_file.exists() and not dead_file.exists()
+    finally:
+        live.kill()
+        live.wait()

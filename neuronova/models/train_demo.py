@@ -61,6 +61,30 @@ def _framework() -> dict[str, str]:
             "scikit-learn": sklearn.__version__, "numpy": np.__version__, "neuronova": neuronova.__version__}
 
 
+def strip_provenance(path: Path) -> None:
+    """Drop the exporter's per-node stack traces and metadata: they name files of the machine that exported."""
+    model = onnx.load(str(path))
+    graphs = [model.graph]
+    while graphs:
+        graph = graphs.pop()
+        graph.doc_string = ""
+        for node in graph.node:
+            node.doc_string = ""
+            del node.metadata_props[:]
+            graphs.extend(a.g for a in node.attribute if a.HasField("g"))
+        for value in [*graph.input, *graph.output, *graph.value_info, *graph.initializer]:
+            value.doc_string = ""
+            if hasattr(value, "metadata_props"):
+                del value.metadata_props[:]
+    model.doc_string = ""
+    del model.metadata_props[:]
+    for function in model.functions:
+        for node in function.node:
+            node.doc_string = ""
+            del node.metadata_props[:]
+    onnx.save(model, str(path))
+
+
 def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, *, dynamic_batch: bool) -> float:
     """Export to ONNX and return the max |ORT - torch| on ``example`` (raises if they disagree)."""
     module.eval()
@@ -70,6 +94,7 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, *, dynamic
         torch.onnx.export(module, (example,), str(path), input_names=["input"], output_names=["logits"], dynamo=True,
                           external_data=False, dynamic_shapes=dynamic, optimize=True)
     logger.debug("onnx export: %s", chatter.getvalue())
+    strip_provenance(path)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     with torch.inference_mode():
         expected = module(example).numpy()

@@ -12,12 +12,14 @@ acknowledged, because nothing is answered before both fsyncs and the index row; 
 row is not "stored": the next instance with its UID replaces it (with the classic order: fsync, rename,
 fsync the directory). Replacing an indexed instance uses the classic order too, so an acknowledged file is
 never at risk. Within the process, an instance being committed is "in flight" and a second one with the
-same UID waits for it.
+same UID waits for it; across processes (``neuronova worker`` shares the data directory), a file being
+committed is locked (flock) by its writer until its index row is written.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import filecmp
 import io
 import logging
@@ -127,6 +129,32 @@ class DirectorySync:
                     del self._state[d]
 
 
+def _locked_elsewhere(path: Path) -> bool:
+    """Whether another writer holds the commit lock of the file at ``path``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also releases the lock if it was taken
+    return False
+
+
+def _wait_unlocked(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    finally:
+        os.close(fd)
+
+
 def _disk_error(exc: OSError) -> NeuroNovaError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return OutOfResources("no space left in the data directory")
@@ -183,20 +211,23 @@ class TmpInstance:
             return io.BytesIO(self._buffer)
         return open(self.path, "rb")  # noqa: SIM115 - the caller closes it
 
-    def sync(self) -> None:
-        """fsync the file (wherever it is now: a rename keeps the descriptor valid) and close it."""
-        fd, self._fd = self._fd, None
-        if fd is None:
-            return
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    def lock(self) -> None:
+        """Mark the file as being committed, for other processes too (released by ``close``)."""
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
 
-    def discard(self) -> None:
+    def sync(self) -> None:
+        """fsync the file, wherever it is now: a rename keeps the descriptor valid."""
+        if self._fd is not None:
+            os.fsync(self._fd)
+
+    def close(self) -> None:
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
+
+    def discard(self) -> None:
+        self.close()
         self._buffer = None
         self.path.unlink(missing_ok=True)
 
@@ -295,6 +326,7 @@ class InstanceStore:
             self.index.add_instance(scanned.attrs, transfer_syntax=scanned.transfer_syntax, path=str(rel),
                                     size=tmp.size)
         finally:
+            tmp.close()  # releases the file's lock: other processes may look at it now
             with self._lock:
                 self._in_flight.discard(final)
                 self._settled.notify_all()
@@ -310,36 +342,49 @@ class InstanceStore:
 
     def _claim(self, tmp: TmpInstance, final: Path, scanned: ScannedInstance, *, replace: bool) -> str:
         """Decide what ``tmp`` becomes and mark ``final`` in flight: "new" (renamed into place already),
-        "stored" (replaces an unindexed leftover), "replaced", or "duplicate" (tmp discarded)."""
+        "stored" (replaces an unindexed leftover), "replaced", or "duplicate" (tmp discarded).
+
+        A file being committed is locked (flock) by its writer until its index row is written, so that an
+        unindexed file found at ``final`` is told apart: locked, another process is committing it (wait, then
+        look again); unlocked, a crash left it (it was never acknowledged: replace it)."""
         try:
-            with self._lock:
-                while final in self._in_flight:
-                    self._settled.wait()
-                if not final.exists():
-                    os.rename(tmp.path, final)  # made durable by _make_durable before anything is answered
-                    self._in_flight.add(final)
-                    return "new"
-                if self.index.instance(scanned.sop_instance_uid) is None:
-                    # Never acknowledged (a crash before its index row): not stored, whatever it holds.
-                    log.info("replacing an unindexed file left by an interrupted store: %s", scanned.sop_instance_uid)
-                    outcome = "stored"
-                elif filecmp.cmp(tmp.path, final, shallow=False):
-                    tmp.discard()
-                    return "duplicate"
-                elif self.duplicate_policy == "reject" and not replace:
-                    log.warning("refused instance %s: same SOP Instance UID as a stored instance, different content "
-                                "(policy: reject)", scanned.sop_instance_uid)
-                    raise DuplicateConflict(
-                        "an instance with this SOP Instance UID is already stored with different content")
-                else:
-                    log.warning("replacing stored instance %s with different content (policy: replace)",
-                                scanned.sop_instance_uid)
-                    outcome = "replaced"
-                self._in_flight.add(final)
-                return outcome
+            while True:
+                with self._lock:
+                    while final in self._in_flight:
+                        self._settled.wait()
+                    if not final.exists():
+                        tmp.lock()
+                        os.rename(tmp.path, final)  # made durable by _make_durable before anything is answered
+                        self._in_flight.add(final)
+                        return "new"
+                    if self.index.instance(scanned.sop_instance_uid) is not None:
+                        outcome = self._against_stored(tmp, final, scanned, replace=replace)
+                    elif not _locked_elsewhere(final):
+                        log.info("replacing an unindexed file left by an interrupted store: %s",
+                                 scanned.sop_instance_uid)
+                        outcome = "stored"
+                    else:
+                        outcome = ""
+                    if outcome:
+                        if outcome != "duplicate":
+                            tmp.lock()
+                            self._in_flight.add(final)
+                        return outcome
+                _wait_unlocked(final)  # another process commits this UID: wait for it outside our lock
         except BaseException:
             tmp.discard()
             raise
+
+    def _against_stored(self, tmp: TmpInstance, final: Path, scanned: ScannedInstance, *, replace: bool) -> str:
+        if filecmp.cmp(tmp.path, final, shallow=False):
+            tmp.discard()
+            return "duplicate"
+        if self.duplicate_policy == "reject" and not replace:
+            log.warning("refused instance %s: same SOP Instance UID as a stored instance, different content "
+                        "(policy: reject)", scanned.sop_instance_uid)
+            raise DuplicateConflict("an instance with this SOP Instance UID is already stored with different content")
+        log.warning("replacing stored instance %s with different content (policy: replace)", scanned.sop_instance_uid)
+        return "replaced"
 
     def _make_durable(self, tmp: TmpInstance, final: Path, dirs: list[Path], *, new: bool) -> None:
         """fsync the file and ``dirs`` (every directory whose entries may have changed); raise OutOfResources
@@ -366,6 +411,7 @@ class InstanceStore:
         except OSError as exc:
             if new:
                 final.unlink(missing_ok=True)
+                tmp.close()
             else:
                 tmp.discard()
             raise _disk_error(exc) from exc

@@ -166,3 +166,30 @@ def test_directory_sync_is_shared_and_always_starts_after_the_call(tmp_path: Pat
     assert 1 <= len(fsyncs) < 12  # shared
     for called, returned in calls:
         assert any(called <= began and ended <= returned for began, ended in fsyncs)
+
+
+def test_an_unindexed_file_locked_by_another_writer_is_waited_for(tmp_path: Path) -> None:
+    """Another process (a worker sharing the data directory) is committing the same UID: its file is at the
+    final path, locked, not yet indexed. The store waits for it instead of taking it for a crash's leftover."""
+    import fcntl
+
+    store = InstanceStore(tmp_path)
+    ds = make_series(1)[0]
+    data = _encode(ds)
+    final = store.instances_dir / store.relative_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    final.parent.mkdir(parents=True)
+    final.write_bytes(data)
+    other = os.open(final, os.O_RDONLY)  # the other writer's descriptor (its own open file: its own lock)
+    fcntl.flock(other, fcntl.LOCK_EX)
+    outcome: list[str] = []
+    putter = threading.Thread(target=lambda: outcome.append(store.put(data).outcome))
+    putter.start()
+    putter.join(0.3)
+    assert putter.is_alive() and outcome == []  # waiting for the other writer
+    scanned = instances_module.scan_part10(io.BytesIO(data), len(data))
+    store.index.add_instance(scanned.attrs, transfer_syntax=scanned.transfer_syntax,
+                             path=str(final.relative_to(store.instances_dir)), size=len(data))
+    os.close(other)  # the other writer is done: indexed, lock released
+    putter.join(10)
+    assert outcome == ["duplicate"]
+    store.close()

@@ -90,8 +90,9 @@ def start_listener(
     """Start listening in background threads; ``server.shutdown()`` stops it.
 
     pynetdicom negotiates every association; with ``data_phase`` (the default) the listener then serves
-    C-STORE and C-ECHO itself (dataphase.py, about 3x faster), else pynetdicom's service classes call the
-    bound handlers. Either way the associations wait on events rather than polling (reactor.py).
+    C-STORE and C-ECHO itself (dataphase.py: small instances on tmpfs, one association, about 2500/s against
+    370/s through pynetdicom's own data phase), else pynetdicom's service classes call the bound handlers.
+    Either way the associations wait on events rather than polling (reactor.py).
     """
     ae = make_ae(ae_title=ae_title, allowed_aes=allowed_aes)
     # AE.start_server(block=False), with the event-driven server class.

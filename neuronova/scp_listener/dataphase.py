@@ -5,7 +5,7 @@ DUL reads and decodes, the association thread handles), builds pydicom datasets 
 file meta, and runs a state machine per PDU. Measured on loopback with a handler that does nothing, that
 costs about 1 ms per instance (1000 instances/s, against Orthanc's 1300-1500 with its whole store), more
 than the node's own store work. Here, once pynetdicom has accepted the association, one loop reads each PDU
-from the socket, writes dataset fragments straight into the store's temporary file, commits, and answers;
+from the socket, hands dataset fragments straight to the store's temporary instance, commits, and answers;
 nothing else changes hands.
 
 Scope, and what it answers (PS3.7 9.3, PS3.8 9.3):

@@ -183,6 +183,15 @@ class Server:
     def start(self) -> None:
         raise NotImplementedError
 
+    def start_checked(self) -> None:
+        """Start; if it does not come up, stop what was started before raising."""
+        try:
+            self.start()
+        except BaseException:
+            if getattr(self, "proc", None) is not None:
+                self.stop()
+            raise
+
     def count(self) -> int:
         raise NotImplementedError
 
@@ -355,9 +364,10 @@ def run_one(server_cls: type[Server], dataset: str, files: Sequence[Path], way: 
     server = running
     if server is None:
         server = server_cls(Path(tempfile.mkdtemp(prefix=f"{server_cls.name}-", dir=workroot)))
-        server.start()
-        server.warm_up(warmup)
+        server.start_checked()
     try:
+        if running is None:
+            server.warm_up(warmup)
         before = server.count()
         rss_start = peak_rss_mb(server.proc.pid, "VmRSS")
         t0 = time.perf_counter()
@@ -495,9 +505,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         warmup = make_warmup(root / "warmup")
         if args.quick:
             for cls in servers:
-                running[cls] = cls(Path(tempfile.mkdtemp(prefix=f"{cls.name}-", dir=root)))
-                running[cls].start()
-                running[cls].warm_up(warmup)
+                server = cls(Path(tempfile.mkdtemp(prefix=f"{cls.name}-", dir=root)))
+                server.start_checked()
+                running[cls] = server
+                server.warm_up(warmup)
         for dataset, files in sets.items():
             sizes[dataset] = (len(files), sum(f.stat().st_size for f in files) / 1e6)
             for way in ways:

@@ -16,7 +16,7 @@ import numpy as np
 from neuronova.models.classification import BRAIN_WINDOW, ClassificationModel
 from neuronova.pipelines.inference import classify_ct_series, gradcam_inputs_for_ct_slice
 from neuronova.pipelines.registry import PipelineContext, PipelineResult
-from neuronova.pipelines.steps import ModelPipeline, algorithm_info, model_for, read_volume, try_explain
+from neuronova.pipelines.steps import ModelPipeline, algorithm_info, try_explain
 from neuronova.writers.sc import render_overlay, write_overlay
 from neuronova.writers.sr import write_classification_report
 from neuronova.xai import explain_classification, important_regions, resize_heatmap, to_patient_coordinates
@@ -31,12 +31,7 @@ class CtClassification(ModelPipeline):
 
     def __call__(self, *, context: PipelineContext) -> PipelineResult:
         timings: dict[str, float] = {}
-        t = time.perf_counter()
-        volume = read_volume(context)
-        model = model_for(context, self.model_id, ClassificationModel)
-        self.require_version(model)
-        timings["load_s"] = time.perf_counter() - t
-        context.progress(20)
+        volume, model = self.load(context, ClassificationModel, timings)
 
         t = time.perf_counter()
         result = classify_ct_series(volume, model)

@@ -15,7 +15,7 @@ import numpy as np
 from neuronova.models.segmentation import SegmentationModel
 from neuronova.pipelines.inference import gradcam_inputs_for_volume, segment_volume
 from neuronova.pipelines.registry import PipelineContext, PipelineResult
-from neuronova.pipelines.steps import ModelPipeline, algorithm_info, model_for, read_volume, try_explain
+from neuronova.pipelines.steps import ModelPipeline, algorithm_info, try_explain
 from neuronova.writers.geometry import compute_segment_stats
 from neuronova.writers.sc import render_overlay, write_overlay
 from neuronova.writers.seg import write_segmentation
@@ -33,12 +33,7 @@ class MriSegmentation(ModelPipeline):
 
     def __call__(self, *, context: PipelineContext) -> PipelineResult:
         timings: dict[str, float] = {}
-        t = time.perf_counter()
-        volume = read_volume(context)
-        model = model_for(context, self.model_id, SegmentationModel)
-        self.require_version(model)
-        timings["load_s"] = time.perf_counter() - t
-        context.progress(20)
+        volume, model = self.load(context, SegmentationModel, timings)
 
         t = time.perf_counter()
         result = segment_volume(volume, model)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
@@ -73,6 +74,16 @@ class ModelPipeline:
         except Exception as exc:  # a missing model is reported by the job (MODEL_NOT_LOADED), not here
             log.warning("model %s metadata unreadable: %s", self.model_id, exc)
             return "unavailable"
+
+    def load(self, context: PipelineContext, kind: type[M], timings: dict[str, float]) -> tuple[Volume, M]:
+        """The first steps of every model pipeline: the series as a volume, and this pipeline's model."""
+        t = time.perf_counter()
+        volume = read_volume(context)
+        model = model_for(context, self.model_id, kind)
+        self.require_version(model)
+        timings["load_s"] = time.perf_counter() - t
+        context.progress(20)
+        return volume, model
 
     def require_version(self, model: LoadedModel) -> None:
         if model.version != self.version:

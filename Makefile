@@ -3,7 +3,7 @@
 #   make test   install the Debian peers the tests talk to, set up .venv, run the tests
 PYTHON ?= python3
 VENV ?= .venv
-APT_PACKAGES = orthanc orthanc-dicomweb dcmtk dicom3tools redis-server
+APT_PACKAGES = orthanc orthanc-dicomweb dcmtk dicom3tools redis-server libfuse2 fuse3 chromium nodejs
 DATA_DIR ?= data
 
 .PHONY: run test setup system-deps bench clean

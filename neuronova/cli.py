@@ -20,6 +20,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queue-url", help="redis://host:port/db for a shared queue; unset: embedded SQLite queue")
     p.add_argument("--job-store-url", help="job table: redis://... (with persistence) or 'sqlite'")
     p.add_argument("--model-dir", type=Path, help="directory of models (default: the shipped demo models)")
+    p.add_argument("--device", help="where models run: auto (GPU when usable), cpu, cuda or cuda:N (env NEURONOVA_DEVICE)")
     p.add_argument("--log-level", default="INFO")
 
 
@@ -68,11 +69,23 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings.load(overrides)
 
 
+def _check_device(settings: Settings) -> None:
+    """A GPU asked for and not usable stops the start here, with the reason, before anything listens."""
+    from neuronova.models.runtime import DeviceError, check_device
+
+    try:
+        check_device(settings.device)
+    except DeviceError as exc:
+        raise ConfigError(f"NEURONOVA_DEVICE (--device): {exc}") from exc
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(args, "log_level", "INFO").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if args.command in ("serve", "worker"):
+            _check_device(_settings(args))
         if args.command == "serve":
             from neuronova.node import Node
 

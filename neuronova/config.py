@@ -88,6 +88,13 @@ class Settings(BaseModel):
             raise ValueError(f"must be 'reject' or 'replace', got {value!r}")
         return value
 
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        from neuronova.models.runtime import parse_device  # torch is imported only when a device is checked
+
+        return parse_device(value)
+
     @field_validator("jwt_secret")
     @classmethod
     def _secret(cls, value: str | None) -> str | None:

@@ -227,5 +227,8 @@ class BiomarkerModel(LoadedModel):
         with threadpool_limits(1, user_api="openmp"):
             return {name: est.predict_proba(features) for name, est in self.estimators.items()}
 
+    def runtime_status(self) -> dict[str, Any]:
+        return {"backend": "scikit-learn", "device": "cpu"}  # gradient-boosted trees: no GPU path
+
     def warmup(self) -> None:
         self.predict_proba(np.full((1, len(FEATURES)), np.nan))

@@ -89,7 +89,7 @@ class SegmentationModel(NetworkModel):
         """The exact network input for a source volume: (1, 1, *grid) float32."""
         return preprocess_mr(array, self.grid)
 
-    def logits(self, batch: np.ndarray, *, backend: str = "onnx") -> np.ndarray:
+    def logits(self, batch: np.ndarray, *, backend: str | None = None) -> np.ndarray:
         """Blended sliding-window logits (1, n_classes, *grid) for a preprocessed grid (1, 1, *grid)."""
         def predictor(window: torch.Tensor) -> torch.Tensor:
             return torch.from_numpy(self.run(window.numpy(), backend=backend))
@@ -100,11 +100,11 @@ class SegmentationModel(NetworkModel):
                                            mode="gaussian")
         return out.numpy()  # type: ignore[union-attr]
 
-    def predict_grid(self, array: np.ndarray, *, backend: str = "onnx") -> np.ndarray:
+    def predict_grid(self, array: np.ndarray, *, backend: str | None = None) -> np.ndarray:
         """Labels (uint8) on the model grid."""
         return self.logits(self.preprocess(array), backend=backend)[0].argmax(0).astype(np.uint8)
 
-    def predict(self, array: np.ndarray, *, backend: str = "onnx") -> np.ndarray:
+    def predict(self, array: np.ndarray, *, backend: str | None = None) -> np.ndarray:
         """Labels (uint8) in the source geometry (same shape as ``array``)."""
         return labels_to_source(self.predict_grid(array, backend=backend), array.shape)  # type: ignore[arg-type]
 

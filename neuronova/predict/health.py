@@ -27,6 +27,7 @@ def gpu_devices() -> tuple[str, ...]:
 
 
 def onnx_providers() -> list[str]:
+    """What this onnxruntime build offers (each model's ``runtime`` says what it uses)."""
     try:
         import onnxruntime
 
@@ -42,9 +43,13 @@ def predict_health(state: Any) -> dict[str, Any]:
                   for m in MODEL_IDS}
     else:
         models = registry.status()
+        # Where each model actually runs (backend, device, provider), not what the libraries could offer.
+        for model_id, entry in registry.entries.items():
+            if entry.model is not None and model_id in models:
+                models[model_id]["runtime"] = entry.model.runtime_status()
     devices = list(gpu_devices())
     body: dict[str, Any] = {"models": models, "gpu_available": bool(devices), "gpu_devices": devices,
-                            "onnx_providers": onnx_providers()}
+                            "onnx_providers_available": onnx_providers()}
     service = getattr(state, "predict", None)
     if service is not None:
         body["predict"] = service.health()

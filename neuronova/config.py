@@ -7,6 +7,7 @@ file (``NEURONOVA_CONFIG``), validated, then passed explicitly. Nothing reads th
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,6 +18,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from neuronova.errors import ConfigError
 
 ENV_PREFIX = "NEURONOVA_"
+
+#: The forms of the device setting (whether a GPU is usable is checked at start: neuronova.models.runtime).
+DEVICE_FORMS = ("auto", "cpu", "cuda", "cuda:N")
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d{1,2})?)$")
+
+
+def parse_device(value: str) -> str:
+    """Validate a device setting (raises ValueError naming the accepted forms)."""
+    text = str(value).strip().lower()
+    if not _DEVICE_RE.match(text):
+        raise ValueError(f"device must be one of {', '.join(DEVICE_FORMS)}; got {value!r}")
+    return text
 
 #: Settings that hold several values: comma separated in the environment, repeatable on the command line.
 LIST_SETTINGS = ("allowed_aes", "destinations", "cors_origins")
@@ -73,6 +86,11 @@ class Settings(BaseModel):
     #: Require the bearer token on DICOMweb too (a viewer or PACS then sends one); off for a closed network.
     dicomweb_auth: bool = True
     dimse_host: str = "0.0.0.0"
+    #: DICOM TLS (BCP 195): with a certificate the DIMSE port speaks TLS 1.2+ only; with a CA, client
+    #: certificates signed by it are required. The same files serve ``dimses://`` destinations.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
 
     @field_validator("ae_title")
     @classmethod
@@ -91,8 +109,6 @@ class Settings(BaseModel):
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
-        from neuronova.models.runtime import parse_device  # torch is imported only when a device is checked
-
         return parse_device(value)
 
     @field_validator("jwt_secret")

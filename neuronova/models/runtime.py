@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,26 +22,17 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from neuronova.config import parse_device
+
 logger = logging.getLogger(__name__)
 
-#: The forms a device setting takes.
-DEVICE_FORMS = ("auto", "cpu", "cuda", "cuda:N")
-DEVICES = ("auto", "cpu", "cuda")  # kept for callers that list the plain names
-_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d{1,2})?)$")
+DEVICES = ("auto", "cpu", "cuda")  # the plain names; "cuda:N" picks a GPU
 #: Mixed-precision modes a model may declare (metadata ``framework.precision``); used on CUDA only.
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class DeviceError(RuntimeError):
     """The device asked for cannot be used; the message says why."""
-
-
-def parse_device(value: str) -> str:
-    """Validate a device setting (raises ValueError naming the accepted forms)."""
-    text = str(value).strip().lower()
-    if not _DEVICE_RE.match(text):
-        raise ValueError(f"device must be one of {', '.join(DEVICE_FORMS)}; got {value!r}")
-    return text
 
 
 def why_no_cuda() -> str | None:

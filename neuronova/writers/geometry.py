@@ -110,3 +110,34 @@ def compute_segment_stats(
             )
         )
     return stats
+
+
+def compute_region_stats(
+    source_images: Sequence[pydicom.Dataset],
+    masks: Mapping[str, np.ndarray],
+) -> list[SegmentStat]:
+    """Per-region volume, key slice and outline of (possibly overlapping) boolean masks.
+
+    Segment numbers follow ``seg.region_segment_numbers`` (the order of ``masks``), as in
+    ``seg.write_region_segmentation``; a voxel in two regions counts in both volumes. An empty region gets
+    volume 0, key slice 0 and no outline.
+    """
+    from neuronova.writers.seg import check_region_masks, region_segment_numbers
+
+    voxel_ml = voxel_volume_ml(source_images)
+    shape = (len(source_images), int(source_images[0].Rows), int(source_images[0].Columns))
+    regions = check_region_masks(masks, shape)
+    stats = []
+    for name, number in region_segment_numbers(regions).items():
+        mask = regions[name]
+        index = key_slice(mask)
+        stats.append(
+            SegmentStat(
+                segment_number=number,
+                label_name=name,
+                volume_ml=float(mask.sum()) * voxel_ml,
+                key_slice_index=index if index is not None else 0,
+                contour_xy=mask_outline(mask[index]) if index is not None else None,
+            )
+        )
+    return stats

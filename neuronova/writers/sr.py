@@ -1,16 +1,30 @@
 """TID 1500 Measurement Reports (Comprehensive 3D SR) for segmentation and classification results.
 
-Segmentation report, per segment:
+Written to open in OHIF v3 (the viewer tested): OHIF merges the measurement groups that share a Tracking
+Unique Identifier into one measurement and needs a 2D SCOORD (with its SELECTED FROM IMAGE reference) in
+every merged measurement; a measurement without one stops the whole report from opening (3.13.2: black
+viewport, "Cannot read properties of undefined (reading 'ReferencedSOPSequence')"). So:
+
+Segmentation report, per segment with voxels, two groups that share one Tracking UID (one finding, the
+segment, measured two ways):
 
 * a TID 1411 Volumetric ROI group: the Volume (mL) referencing the SEG segment and its source images;
 * a TID 1410 Planar ROI group: the segment's outline on its key slice as a 2D SCOORD POLYLINE with the
-  Area it encloses. OHIF draws 2D SCOORD and ignores SCOORD3D and segment references; TID 1410/1411
-  allow only one kind of ROI reference per group, hence two groups, each with its own tracking UID.
+  Area it encloses. TID 1410/1411 allow only one kind of ROI reference per group, hence two groups; OHIF
+  draws the outline and lists Volume and Area with it.
 
-Classification report: one TID 1501 group per class (finding code, Probability), the predicted class's
-probability referencing the slice that drove it, one TID 1410 group per important region (a closed
-POLYLINE box on that slice, with its importance as a Score), and a Qualitative Evaluations container
-(TID 1500 row 12) holding the finding and, for demo weights, the "NOT FOR CLINICAL USE" text.
+A segment without voxels has no region to show: it is reported as "<label>: 0 mL" text in the Qualitative
+Evaluations container instead of a measurement group. Tracking Identifiers are words ("enhancing tumour
+12.3 mL"), and no group carries a Finding Site: OHIF prints a finding site as "363698007: Brain"; the
+SEG's segments carry the anatomic region.
+
+Classification report: one TID 1501 group per class (finding code, Probability inferred from the driving
+slice, whose outline is the SCOORD), one TID 1410 group per important region (a closed POLYLINE box on that
+slice, with its importance as a Score), and a Qualitative Evaluations container (TID 1500 row 12) holding
+the finding ("Indeterminate result" when the classifier was not confident) and, for demo weights, the
+"NOT FOR CLINICAL USE" text.
+
+Series descriptions start with what tells the series apart ("AI SR tumour volumes"): viewers cut them.
 """
 
 from __future__ import annotations
@@ -43,6 +57,7 @@ logger = logging.getLogger(__name__)
 
 KIND_SEG_REPORT = "sr-seg"
 KIND_CLS_REPORT = "sr-cls"
+SEG_REPORT_DESCRIPTION = "AI SR tumour volumes"
 
 __all__ = ["SegmentStat", "write_classification_report", "write_segmentation_report"]
 
@@ -62,8 +77,10 @@ def _observation_context(algorithm: AlgorithmInfo) -> hd.sr.ObservationContext:
     )
 
 
-def _notes_container(algorithm: AlgorithmInfo, finding: nn_codes.Coded | None, text: str | None) -> hd.sr.ContainerContentItem | None:
-    """TID 1500 "Qualitative Evaluations": the coded finding and the demo warning as TEXT."""
+def _notes_container(
+    algorithm: AlgorithmInfo, finding: nn_codes.Coded | None, texts: Sequence[str]
+) -> hd.sr.ContainerContentItem | None:
+    """TID 1500 "Qualitative Evaluations": the coded finding, texts, and the demo warning, as TEXT."""
     items: list[hd.sr.ContentItem] = []
     if finding is not None:
         items.append(
@@ -71,7 +88,7 @@ def _notes_container(algorithm: AlgorithmInfo, finding: nn_codes.Coded | None, t
                 name=nn_codes.FINDING, value=finding, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
             )
         )
-    comments = [text] if text else []
+    comments = list(texts)
     if algorithm.demo:
         comments.append(
             f"{NOT_FOR_CLINICAL_USE}: produced by {algorithm.name} {algorithm.version} with demonstration "
@@ -224,6 +241,7 @@ def write_segmentation_report(
     algorithm_id = algorithm.sr_algorithm_identification()
     groups: list[object] = []
     key_images: dict[str, pydicom.Dataset] = {}
+    empty: list[str] = []
     seen: set[int] = set()
     for i, raw in enumerate(segment_stats):
         if not isinstance(raw, tuple) or len(raw) != 5:
@@ -236,44 +254,46 @@ def write_segmentation_report(
             raise ValueError(f"segment_stats[{i}]: segment {number} appears twice")
         seen.add(number)
         segment = segments[number]
-        if stat.label_name.strip() != segment.SegmentLabel:
+        if not isinstance(stat.label_name, str) or stat.label_name.strip() != segment.SegmentLabel:
             raise ValueError(
                 f"segment_stats[{i}]: label {stat.label_name!r} does not match SEG segment {number} "
                 f"({segment.SegmentLabel!r})"
             )
         volume = check_finite(f"segment_stats[{i}].volume_ml", stat.volume_ml, minimum=0.0)
         key = check_int(f"segment_stats[{i}].key_slice_index", stat.key_slice_index, minimum=0, maximum=len(images) - 1)
+        label = stat.label_name.strip()
+        if stat.contour_xy is None:
+            if volume > 0:
+                raise ValueError(
+                    f"segment_stats[{i}]: segment {number} has {volume} mL but no outline; a viewer needs the "
+                    "key-slice outline to show the measurement"
+                )
+            empty.append(f"{label}: 0 mL (no voxels segmented)")
+            continue
+        outline = _check_polyline(f"segment_stats[{i}].contour_xy", stat.contour_xy, rows, columns)
         finding = hd.sr.CodedConcept.from_dataset(segment.SegmentedPropertyTypeCodeSequence[0])
         category = hd.sr.CodedConcept.from_dataset(segment.SegmentedPropertyCategoryCodeSequence[0])
-        label = stat.label_name
-
+        # One finding (the segment) in two groups: the same Tracking UID lets viewers show them as one.
+        tracking = hd.sr.TrackingIdentifier(
+            uid=scope.tracking(KIND_SEG_REPORT, number), identifier=f"{label} {volume:.1f} mL"[:64]
+        )
         groups.append(
             hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=scope.tracking(f"{KIND_SEG_REPORT}-volume", number), identifier=f"{label} volume"
-                ),
+                tracking_identifier=tracking,
                 referenced_segment=_referenced_segment(seg_dataset, number),
                 finding_type=finding,
                 finding_category=category,
-                finding_sites=[hd.sr.FindingSite(nn_codes.BRAIN)],
                 algorithm_id=algorithm_id,
                 measurements=[
                     hd.sr.Measurement(name=nn_codes.VOLUME, value=round(volume, 4), unit=nn_codes.MILLILITER)
                 ],
             )
         )
-        if stat.contour_xy is None:
-            if volume > 0:
-                logger.info("segment %d has volume but no outline: no 2D region written", number)
-            continue
-        outline = _check_polyline(f"segment_stats[{i}].contour_xy", stat.contour_xy, rows, columns)
         key_image = images[key]
         key_images[key_image.SOPInstanceUID] = key_image
         groups.append(
             hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=scope.tracking(f"{KIND_SEG_REPORT}-outline", number), identifier=f"{label} outline"
-                ),
+                tracking_identifier=tracking,
                 referenced_region=hd.sr.ImageRegion(
                     graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
                     graphic_data=outline,
@@ -281,7 +301,6 @@ def write_segmentation_report(
                 ),
                 finding_type=finding,
                 finding_category=category,
-                finding_sites=[hd.sr.FindingSite(nn_codes.BRAIN)],
                 algorithm_id=algorithm_id,
                 measurements=[
                     hd.sr.Measurement(
@@ -292,12 +311,16 @@ def write_segmentation_report(
                 ],
             )
         )
+    if not groups:
+        # TID 1500 needs at least one measurement group only when Imaging Measurements is present:
+        # highdicom then omits it and the report holds the texts alone.
+        logger.info("no segment has voxels: the report holds no measurement group")
 
     report = _report(
         algorithm=algorithm,
         groups=groups,
         library_images=list(key_images.values()),
-        notes=_notes_container(algorithm, None, None),
+        notes=_notes_container(algorithm, None, empty),
     )
     sr = _document(
         report=report,
@@ -306,9 +329,7 @@ def write_segmentation_report(
         kind=KIND_SEG_REPORT,
         algorithm=algorithm,
         series_number=series_number,
-        series_description=make_series_description(
-            series_description, f"{algorithm.name} volumes", algorithm
-        ),
+        series_description=make_series_description(series_description, SEG_REPORT_DESCRIPTION, algorithm),
         instance_number=instance_number,
     )
     logger.info("segmentation SR written: %d segments, %d measurement groups", len(seen), len(groups))
@@ -333,6 +354,12 @@ def _check_regions(regions: object, rows: int, columns: int) -> list[tuple[float
     return checked
 
 
+def _frame_outline(image: pydicom.Dataset) -> np.ndarray:
+    """The closed outline of a whole image: the region an image-level measurement was inferred from."""
+    rows, columns = float(image.Rows), float(image.Columns)
+    return np.array([[0, 0], [columns, 0], [columns, rows], [0, rows], [0, 0]], dtype=np.float32)
+
+
 def write_classification_report(
     source_images: Sequence[pydicom.Dataset],
     *,
@@ -349,9 +376,11 @@ def write_classification_report(
 ) -> hd.sr.Comprehensive3DSR:
     """TID 1500 report of a classification: coded finding, per-class probabilities, driving regions.
 
-    ``probabilities`` maps class names to values in [0, 1] and must contain ``predicted_class``;
-    ``regions`` are boxes (x, y, w, h, importance) in image coordinates (pixels, (0, 0) at the top left
-    corner) on ``source_images[driving_slice_index]``. Class names are coded by ``codes.class_finding``
+    ``probabilities`` maps class names to values in [0, 1] and must contain ``predicted_class``, unless
+    the prediction is "indeterminate" (a name ``codes.class_finding`` codes as Indeterminate result: no
+    class reached the classifier's confidence threshold); the regions then belong to the most probable
+    class. ``regions`` are boxes (x, y, w, h, importance) in image coordinates (pixels, (0, 0) at the top
+    left corner) on ``source_images[driving_slice_index]``. Class names are coded by ``codes.class_finding``
     unless ``class_codes`` names them.
     """
     images = check_source_images(source_images)
@@ -362,13 +391,17 @@ def write_classification_report(
         raise TypeError(f"probabilities must be a dict[str, float], found {type(probabilities).__name__}")
     if not probabilities:
         raise ValueError("probabilities must not be empty")
-    if predicted_class not in probabilities:
-        raise ValueError(f"predicted_class {predicted_class!r} is not in probabilities ({sorted(probabilities)})")
     probs = {}
     for name, value in probabilities.items():
         if not isinstance(name, str):
             raise TypeError(f"probabilities keys must be str, found {type(name).__name__}")
         probs[name] = check_finite(f"probabilities[{name!r}]", value, minimum=0.0, maximum=1.0)
+    predicted_code = nn_codes.class_finding(predicted_class, class_codes)
+    indeterminate = predicted_class not in probs and predicted_code == nn_codes.INDETERMINATE
+    if predicted_class not in probs and not indeterminate:
+        raise ValueError(f"predicted_class {predicted_class!r} is not in probabilities ({sorted(probs)})")
+    # The class the regions explain: the predicted one, or the most probable one of an indeterminate result.
+    explained = max(probs, key=probs.__getitem__) if indeterminate else predicted_class
     driving = check_int("driving_slice_index", driving_slice_index, minimum=0, maximum=len(images) - 1)
     rows, columns = int(images[0].Rows), int(images[0].Columns)
     boxes = _check_regions(regions, rows, columns)
@@ -377,6 +410,7 @@ def write_classification_report(
     scope = algorithm.uid_scope(str(images[0].SeriesInstanceUID), pipeline)
     algorithm_id = algorithm.sr_algorithm_identification()
     driving_image = images[driving]
+    whole_slice = _frame_outline(driving_image)
     groups: list[object] = []
     for index, (name, probability) in enumerate(probs.items(), start=1):
         predicted = name == predicted_class
@@ -384,7 +418,7 @@ def write_classification_report(
             hd.sr.MeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(
                     uid=scope.tracking(f"{KIND_CLS_REPORT}-class", index),
-                    identifier=f"{'Predicted' if predicted else 'Class'}: {name}"[:64],
+                    identifier=f"{'Predicted' if predicted else 'Class'}: {name} {probability:.0%}"[:64],
                 ),
                 finding_type=class_code[name],
                 algorithm_id=algorithm_id,
@@ -393,9 +427,15 @@ def write_classification_report(
                         name=nn_codes.PROBABILITY,
                         value=round(probability, 6),
                         unit=nn_codes.NO_UNITS,
-                        referenced_images=(
-                            [hd.sr.SourceImageForMeasurement.from_source_image(driving_image)] if predicted else None
-                        ),
+                        # Inferred from the driving slice: as a SCOORD of the whole slice (TID 300 INFERRED
+                        # FROM TID 320), which viewers can place; an IMAGE reference they cannot draw.
+                        referenced_coordinates=[
+                            hd.sr.CoordinatesForMeasurement(
+                                graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                                graphic_data=whole_slice,
+                                source_image=hd.sr.SourceImageForRegion.from_source_image(driving_image),
+                            )
+                        ],
                     )
                 ],
             )
@@ -406,26 +446,33 @@ def write_classification_report(
             hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(
                     uid=scope.tracking(f"{KIND_CLS_REPORT}-region", index),
-                    identifier=f"{predicted_class} region {index}"[:64],
+                    identifier=f"Grad-CAM region {index} ({explained})"[:64],
                 ),
                 referenced_region=hd.sr.ImageRegion(
                     graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
                     graphic_data=box,
                     source_image=hd.sr.SourceImageForRegion.from_source_image(driving_image),
                 ),
-                finding_type=class_code[predicted_class],
+                finding_type=class_code[explained],
                 algorithm_id=algorithm_id,
                 measurements=[hd.sr.Measurement(name=nn_codes.SCORE, value=round(importance, 6), unit=nn_codes.NO_UNITS)],
             )
         )
 
-    summary = f"Predicted class: {predicted_class} (probability {probs[predicted_class]:.3f})"
+    if indeterminate:
+        summary = (
+            f"Indeterminate: no class reached the classifier's confidence threshold; most probable class: "
+            f"{explained} (probability {probs[explained]:.3f})"
+        )
+    else:
+        summary = f"Predicted class: {predicted_class} (probability {probs[predicted_class]:.3f})"
     report = _report(
         algorithm=algorithm,
         groups=groups,
         library_images=[driving_image],
-        notes=_notes_container(algorithm, class_code[predicted_class], summary),
+        notes=_notes_container(algorithm, predicted_code, [summary]),
     )
+    modality = str(images[0].get("Modality", "")).strip()
     sr = _document(
         report=report,
         evidence=images,
@@ -434,9 +481,12 @@ def write_classification_report(
         algorithm=algorithm,
         series_number=series_number,
         series_description=make_series_description(
-            series_description, f"{algorithm.name} classification", algorithm
+            series_description, " ".join(filter(None, ["AI SR", modality, "classification"])), algorithm
         ),
         instance_number=instance_number,
     )
-    logger.info("classification SR written: %d classes, %d regions", len(probs), len(boxes))
+    logger.info(
+        "classification SR written: %d classes, %d regions%s", len(probs), len(boxes),
+        " (indeterminate)" if indeterminate else "",
+    )
     return sr

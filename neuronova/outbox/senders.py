@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,10 +51,13 @@ def _nodelay(event: Event) -> None:
 
 
 class DimseSender:
-    def __init__(self, destination: Destination, *, calling_ae: str, timeout: float = 30) -> None:
+    def __init__(self, destination: Destination, *, calling_ae: str, timeout: float = 30,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.destination = destination
         self.calling_ae = calling_ae
         self.timeout = timeout
+        #: The client context of a ``dimses://`` destination (required for one).
+        self.tls = tls
 
     def send(self, files: Sequence[tuple[str, Path]]) -> dict[str, Delivery]:
         datasets = [(uid, pydicom.dcmread(path)) for uid, path in files]
@@ -64,7 +68,11 @@ class DimseSender:
             if context not in {(c.abstract_syntax, c.transfer_syntax[0]) for c in ae.requested_contexts}:
                 ae.add_requested_context(*context)
         d = self.destination
-        assoc = ae.associate(d.host, d.port, ae_title=d.ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)])
+        if d.tls and self.tls is None:
+            return {uid: Delivery("failed", "no TLS", f"{d.name} needs TLS and the node has no TLS settings "
+                                                      "(NEURONOVA_TLS_CA, _CERT, _KEY)") for uid, _ in datasets}
+        assoc = ae.associate(d.host, d.port, ae_title=d.ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)],
+                             tls_args=(self.tls, d.host) if d.tls and self.tls is not None else None)
         if not assoc.is_established:
             why = "association rejected" if assoc.is_rejected else "association failed (peer down or unreachable)"
             return {uid: Delivery("retry", "no association", why) for uid, _ in datasets}
@@ -144,7 +152,8 @@ class StowSender:
         return results
 
 
-def make_sender(destination: Destination, *, calling_ae: str) -> DimseSender | StowSender:
+def make_sender(destination: Destination, *, calling_ae: str,
+                tls: ssl.SSLContext | None = None) -> DimseSender | StowSender:
     if destination.kind == "dimse":
-        return DimseSender(destination, calling_ae=calling_ae)
+        return DimseSender(destination, calling_ae=calling_ae, tls=tls)
     return StowSender(destination)

@@ -2,6 +2,19 @@
 
 SQLite in the data directory (WAL, shared by the processes of one host). Backoff is exponential, capped at
 an hour, and never gives up on a transient failure: a PACS down for a night gets its results in the morning.
+
+Re-runs. A job's results are enqueued again when the job runs again, possibly while an earlier send of the
+same row is in flight, and possibly with fewer instances. So:
+
+- every row has a ``version``, bumped by each ``enqueue`` that touches it; the outcome of a send is recorded
+  only if the row still has the version that was sent (compare-and-set), so content re-queued during a send
+  stays pending and goes out again (no lost update: the job cannot end ``done`` on the old content);
+- rows of the job whose instance is not among the new results become ``stale``: the instance may be in the
+  destination, and is removed there (``removal.py``) before the job is done. A removed row is ``removed``;
+  a destination without a removal method leaves it ``kept`` (logged and counted).
+
+States: pending -> sent | failed; a re-run: any -> pending (in the new results) or stale (not in them);
+stale -> removed | kept | failed.
 """
 
 from __future__ import annotations
@@ -19,11 +32,12 @@ CREATE TABLE IF NOT EXISTS outbox (
     job_id TEXT NOT NULL,
     sop_uid TEXT NOT NULL,
     destination TEXT NOT NULL,
-    state TEXT NOT NULL DEFAULT 'pending',  -- pending, sent, failed
+    state TEXT NOT NULL DEFAULT 'pending',  -- pending, sent, failed, stale, removed, kept
     attempts INTEGER NOT NULL DEFAULT 0,
     next_try REAL NOT NULL,
     last_status TEXT, last_error TEXT,
     created REAL NOT NULL, sent_at REAL,
+    version INTEGER NOT NULL DEFAULT 1,
     UNIQUE (sop_uid, destination)
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox(state, next_try);
@@ -32,6 +46,9 @@ CREATE INDEX IF NOT EXISTS outbox_job ON outbox(job_id);
 
 BACKOFF_BASE_SECONDS = 2.0
 BACKOFF_CAP_SECONDS = 3600.0
+
+#: States in which a row still has work to do (a job is settled when none of its rows is in one).
+OPEN_STATES = ("pending", "stale")
 
 
 def backoff(attempts: int, *, base: float = BACKOFF_BASE_SECONDS, cap: float = BACKOFF_CAP_SECONDS) -> float:
@@ -49,6 +66,7 @@ class OutboxRow:
     next_try: float
     last_status: str | None
     last_error: str | None
+    version: int = 1
 
 
 class OutboxStore:
@@ -60,6 +78,9 @@ class OutboxStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(outbox)")}
+        if "version" not in columns:  # an outbox written before rows had versions
+            self._db.execute("ALTER TABLE outbox ADD COLUMN version INTEGER NOT NULL DEFAULT 1")
         self.backoff_base = backoff_base
 
     def close(self) -> None:
@@ -72,47 +93,82 @@ class OutboxStore:
                     for r in self._db.execute(sql, params).fetchall()]
 
     def enqueue(self, job_id: str, sop_uids: Iterable[str], destinations: Iterable[str]) -> int:
-        """Add a row per (instance, destination); a re-run's rows go back to pending (the content may differ)."""
+        """Make ``sop_uids`` the job's results for ``destinations``, in one transaction: a row per (instance,
+        destination), new or back to pending with its version bumped (the content may differ); the job's other
+        rows for those destinations become ``stale`` (to be removed there). Returns the rows enqueued."""
         now = time.time()
-        rows = [(job_id, uid, dest, now, now) for uid in sop_uids for dest in destinations]
+        uids = list(dict.fromkeys(sop_uids))
+        dests = list(dict.fromkeys(destinations))
+        rows = [(job_id, uid, dest, now, now) for uid in uids for dest in dests]
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany(
-                """INSERT INTO outbox (job_id, sop_uid, destination, next_try, created) VALUES (?,?,?,?,?)
-                   ON CONFLICT(sop_uid, destination) DO UPDATE SET job_id=excluded.job_id, state='pending',
-                       attempts=0, next_try=excluded.next_try, last_status=NULL, last_error=NULL, sent_at=NULL""",
-                rows,
-            )
-            self._db.execute("COMMIT")
+            try:
+                self._db.executemany(
+                    """INSERT INTO outbox (job_id, sop_uid, destination, next_try, created) VALUES (?,?,?,?,?)
+                       ON CONFLICT(sop_uid, destination) DO UPDATE SET job_id=excluded.job_id, state='pending',
+                           attempts=0, next_try=excluded.next_try, last_status=NULL, last_error=NULL,
+                           sent_at=NULL, version=version+1""",
+                    rows,
+                )
+                current = set(uids)
+                for row in self._db.execute(
+                        "SELECT id, sop_uid, destination FROM outbox WHERE job_id=? AND state NOT IN ('removed', "
+                        "'kept')", (job_id,)).fetchall():
+                    if row["sop_uid"] not in current and row["destination"] in dests:
+                        self._db.execute(
+                            "UPDATE outbox SET state='stale', attempts=0, next_try=?, last_status=NULL, "
+                            "last_error=NULL, version=version+1 WHERE id=?", (now, row["id"]))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
         return len(rows)
 
     def due(self, *, now: float | None = None, limit: int = 200) -> list[OutboxRow]:
+        """Rows to send (``pending``) and to remove (``stale``) whose next try has come."""
         now = time.time() if now is None else now
-        return self._rows("SELECT * FROM outbox WHERE state='pending' AND next_try <= ? ORDER BY next_try, id LIMIT ?",
-                          (now, limit))
+        return self._rows("SELECT * FROM outbox WHERE state IN ('pending', 'stale') AND next_try <= ? "
+                          "ORDER BY next_try, id LIMIT ?", (now, limit))
 
-    def mark_sent(self, row_id: int, *, status: str) -> None:
-        self._update("UPDATE outbox SET state='sent', attempts=attempts+1, last_status=?, last_error=NULL, sent_at=? "
-                     "WHERE id=?", (status, time.time(), row_id))
-
-    def mark_retry(self, row_id: int, *, status: str, error: str) -> float:
+    def _settle(self, row: OutboxRow, state: str, *, status: str, error: str | None) -> bool:
+        """Record the outcome of the work on ``row`` if nothing re-queued the row meanwhile (same version and
+        still in the state the work began in). False when the outcome is stale and was dropped."""
         with self._lock:
-            attempts = self._db.execute("SELECT attempts FROM outbox WHERE id=?", (row_id,)).fetchone()[0] + 1
-            delay = backoff(attempts, base=self.backoff_base)
-            self._db.execute("UPDATE outbox SET attempts=?, next_try=?, last_status=?, last_error=? WHERE id=?",
-                             (attempts, time.time() + delay, status, error[:500], row_id))
-        return delay
+            cur = self._db.execute(
+                "UPDATE outbox SET state=?, attempts=attempts+1, last_status=?, last_error=?, "
+                "sent_at=CASE WHEN ?='sent' THEN ? ELSE sent_at END WHERE id=? AND version=? AND state=?",
+                (state, status, error[:500] if error else None, state, time.time(), row.id, row.version, row.state))
+            return cur.rowcount == 1
 
-    def mark_failed(self, row_id: int, *, status: str, error: str) -> None:
-        self._update("UPDATE outbox SET state='failed', attempts=attempts+1, last_status=?, last_error=? WHERE id=?",
-                     (status, error[:500], row_id))
+    def mark_sent(self, row: OutboxRow, *, status: str) -> bool:
+        """The destination acknowledged the row's instance (only if the row was not re-queued meanwhile)."""
+        return self._settle(row, "sent", status=status, error=None)
 
-    def _update(self, sql: str, params: Sequence[object]) -> None:
+    def mark_failed(self, row: OutboxRow, *, status: str, error: str) -> bool:
+        return self._settle(row, "failed", status=status, error=error)
+
+    def mark_removed(self, row: OutboxRow, *, status: str) -> bool:
+        """A stale row's instance is no longer in the destination."""
+        return self._settle(row, "removed", status=status, error=None)
+
+    def mark_kept(self, row: OutboxRow, *, status: str, error: str) -> bool:
+        """A stale row's instance stays in the destination: it has no removal method."""
+        return self._settle(row, "kept", status=status, error=error)
+
+    def mark_retry(self, row: OutboxRow, *, status: str, error: str) -> float | None:
+        """A transient failure: try again after a backoff. None when the row was re-queued meanwhile (it is
+        due at once with its new content)."""
         with self._lock:
-            self._db.execute(sql, params)
+            delay = backoff(row.attempts + 1, base=self.backoff_base)
+            cur = self._db.execute(
+                "UPDATE outbox SET attempts=attempts+1, next_try=?, last_status=?, last_error=? "
+                "WHERE id=? AND version=? AND state=?",
+                (time.time() + delay, status, error[:500], row.id, row.version, row.state))
+            return delay if cur.rowcount == 1 else None
 
     def for_job(self, job_id: str) -> list[OutboxRow]:
         return self._rows("SELECT * FROM outbox WHERE job_id=? ORDER BY id", (job_id,))
 
     def pending(self, job_id: str) -> int:
-        return sum(1 for r in self.for_job(job_id) if r.state == "pending")
+        """Rows of the job with work left (to send, or to remove from a destination)."""
+        return sum(1 for r in self.for_job(job_id) if r.state in OPEN_STATES)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import socket
+import ssl
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from pydicom import uid as pduid
 from pynetdicom import AE, StoragePresentationContexts
@@ -77,6 +80,43 @@ def make_ae(*, ae_title: str, allowed_aes: tuple[str, ...] = ()) -> AE:
     return ae
 
 
+#: Longest a peer may take to complete the TLS handshake.
+TLS_HANDSHAKE_TIMEOUT = 10.0
+
+
+class TlsAssociationServer(EventAssociationServer):
+    """The event-driven server with DICOM TLS: the handshake runs in the connection's own thread.
+
+    Why: pynetdicom wraps each accepted socket with the handshake done in ``accept``'s thread, so one peer
+    that connects and sends nothing would stall every other connection. A peer that fails the handshake
+    (plaintext, TLS below 1.2, no or an untrusted client certificate) is logged and disconnected; it never
+    reaches the association layer.
+    """
+
+    def get_request(self) -> tuple[Any, tuple[str, int]]:
+        client, address = self.socket.accept()  # type: ignore[union-attr]
+        assert self.ssl_context is not None
+        return self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False), address
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        try:
+            request.settimeout(TLS_HANDSHAKE_TIMEOUT)
+            request.do_handshake()
+            request.settimeout(None)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError; a timeout too
+            log.warning("DICOM TLS handshake from %s failed: %s", client_address[0], exc)
+            _close(request)
+            return
+        super().finish_request(request, client_address)
+
+
+def _close(sock: socket.socket) -> None:
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
 def start_listener(
     store: InstanceStore,
     *,
@@ -86,6 +126,7 @@ def start_listener(
     allowed_aes: tuple[str, ...] = (),
     on_stored: Callable[[StoreResult], None] | None = None,
     data_phase: bool = True,
+    tls: ssl.SSLContext | None = None,
 ) -> ThreadedAssociationServer:
     """Start listening in background threads; ``server.shutdown()`` stops it.
 
@@ -93,15 +134,21 @@ def start_listener(
     C-STORE and C-ECHO itself (dataphase.py: small instances on tmpfs, one association, about 2500/s against
     370/s through pynetdicom's own data phase), else pynetdicom's service classes call the bound handlers.
     Either way the associations wait on events rather than polling (reactor.py).
+
+    With ``tls`` (``neuronova.outbox.tls.listener_context``) the port speaks DICOM TLS only. The data phase
+    works on the TLS socket too: it reads with ``recv_into``, which returns what the TLS layer has already
+    decrypted before reading the network (it never waits in ``select``, which would not see those bytes), and
+    pynetdicom's negotiation reads no further than the A-ASSOCIATE-RQ PDU.
     """
     ae = make_ae(ae_title=ae_title, allowed_aes=allowed_aes)
     # AE.start_server(block=False), with the event-driven server class.
-    server = ae.make_server((host, port), evt_handlers=handlers(store, on_stored), server_class=EventAssociationServer)
+    server = ae.make_server((host, port), evt_handlers=handlers(store, on_stored), ssl_context=tls,
+                            server_class=TlsAssociationServer if tls is not None else EventAssociationServer)
     if data_phase:
         server.data_phase = functools.partial(_data_phase, store=store, on_stored=on_stored)
     threading.Thread(target=server.serve_forever, name=f"dimse-listener-{ae_title}", daemon=True).start()
     ae._servers.append(server)
-    log.info("DIMSE listener %s on %s:%d", ae_title, host, server.server_address[1])
+    log.info("DIMSE listener %s on %s:%d%s", ae_title, host, server.server_address[1], " (TLS)" if tls else "")
     return server
 
 

@@ -25,13 +25,24 @@ def _store_series(store: InstanceStore, n: int) -> list[str]:
 
 
 @pytest.mark.parametrize("raw", ["dimse://ORTHANC@127.0.0.1:4242", "http://127.0.0.1:8042/dicom-web",
-                                 "https://u:p@pacs.example/dicom-web#token=abc"])
+                                 "https://u:p@pacs.example/dicom-web#token=abc",
+                                 "dimses://PACS@pacs.example:2762?orthanc=https://u:p@pacs.example:8042/"])
 def test_destinations_parse(raw: str) -> None:
     d = parse_destination(raw)
-    assert "p@" not in d.name and "abc" not in d.name
+    assert "p@" not in d.name and "abc" not in d.name and "orthanc" not in d.name
 
 
-@pytest.mark.parametrize("raw", ["ftp://x", "dimse://host:11112", "dimse://WAYTOOLONGAETITLE123@h:1", "http://"])
+def test_destination_options() -> None:
+    d = parse_destination("dimses://PACS@pacs.example:2762?orthanc=https://u:p%40ss@pacs.example:8042/")
+    assert (d.kind, d.tls, d.name) == ("dimse", True, "dimses://PACS@pacs.example:2762")
+    assert (d.orthanc_url, d.orthanc_username, d.orthanc_password) == ("https://pacs.example:8042", "u", "p@ss")
+    plain = parse_destination("http://127.0.0.1:8042/dicom-web?orthanc=http://127.0.0.1:8042")
+    assert (plain.url, plain.orthanc_url, plain.tls) == ("http://127.0.0.1:8042/dicom-web", "http://127.0.0.1:8042",
+                                                          False)
+
+
+@pytest.mark.parametrize("raw", ["ftp://x", "dimse://host:11112", "dimse://WAYTOOLONGAETITLE123@h:1", "http://",
+                                 "dimse://A@h:1?delete=yes", "dimse://A@h:1?orthanc=ftp://x"])
 def test_bad_destinations_name_the_setting(raw: str) -> None:
     with pytest.raises(ConfigError, match="NEURONOVA_DESTINATIONS"):
         parse_destination(raw)

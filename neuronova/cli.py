@@ -42,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="in-process queue consumers (default 1; 0: none)")
     serve.add_argument("--destination", dest="destinations", action="append", default=[],
                        help="where results go: dimse://AE@host:port or http(s)://host:port/dicom-web (repeatable)")
+    serve.add_argument("--tls-cert", type=Path, help="PEM certificate: the DIMSE port speaks TLS 1.2+ only "
+                       "(BCP 195); also the client certificate of dimses:// destinations (env NEURONOVA_TLS_CERT)")
+    serve.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert (env NEURONOVA_TLS_KEY)")
+    serve.add_argument("--tls-ca", type=Path, help="PEM CA: client certificates signed by it are required, and "
+                       "dimses:// peers are verified against it (env NEURONOVA_TLS_CA)")
 
     worker = sub.add_parser("worker", help="a queue consumer alone (GPU machines sharing a Redis queue)")
     _common(worker)

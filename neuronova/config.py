@@ -56,6 +56,9 @@ class Settings(BaseModel):
 
     # Jobs
     queue_url: str | None = None
+    #: A worker on another machine reaches the node here (http(s)://host:port): inputs by WADO-RS, results back
+    #: by POST; unset: the worker shares the node's data directory.
+    node_url: str | None = None
     #: Where the job table lives: unset = SQLite in the data directory with the embedded queue, or the queue's
     #: Redis; a separate redis:// URL (with persistence) survives a flushed queue; "sqlite" forces SQLite.
     job_store_url: str | None = None
@@ -86,6 +89,12 @@ class Settings(BaseModel):
     #: Require the bearer token on DICOMweb too (a viewer or PACS then sends one); off for a closed network.
     dicomweb_auth: bool = True
     dimse_host: str = "0.0.0.0"
+
+    # Operations
+    #: Serve /metrics without the bearer token (a scraper kept out by a network policy instead).
+    metrics_public: bool = False
+    #: ``neuronova worker`` only: serve the worker's own /metrics on this port (unset: none).
+    metrics_port: int | None = Field(None, ge=0, le=65535)
     #: DICOM TLS (BCP 195): with a certificate the DIMSE port speaks TLS 1.2+ only; with a CA, client
     #: certificates signed by it are required. The same files serve ``dimses://`` destinations.
     tls_cert: Path | None = None
@@ -116,6 +125,13 @@ class Settings(BaseModel):
     def _secret(cls, value: str | None) -> str | None:
         if value is not None and len(value.encode()) < 32:
             raise ValueError("a JWT secret must be at least 32 bytes")
+        return value
+
+    @field_validator("node_url")
+    @classmethod
+    def _node_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be the node's http(s):// URL, got {value!r}")
         return value
 
     @field_validator("queue_url")

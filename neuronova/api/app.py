@@ -16,6 +16,8 @@ from neuronova.api.health import router as health_router
 from neuronova.api.ratelimit import RateLimiter, require_token_rate_limited
 from neuronova.config import Settings
 from neuronova.dicomweb.stow import router as stow_router
+from neuronova.metrics.observe import observe_study_stable
+from neuronova.metrics.routes import router as metrics_router
 from neuronova.store import InstanceStore, StoreResult
 
 
@@ -49,6 +51,11 @@ def create_app(
         _include_optional(app, module, protected)
     _include_optional(app, "neuronova.api.status", [Depends(require_token_rate_limited)])
     _include_optional(app, "neuronova.predict.routes", [])  # its routes declare auth and rate limits themselves
+    app.include_router(metrics_router,
+                       dependencies=[] if settings.metrics_public else [Depends(require_token_rate_limited)])
+    watcher = getattr(app.state, "watcher", None)
+    if watcher is not None:  # subscribed after the job router: counts generations whose jobs were created
+        watcher.subscribe(observe_study_stable)
     return app
 
 

@@ -31,6 +31,7 @@ from neuronova.errors import ConfigError, InvalidDicom, InvalidRequest, NeuroNov
 from neuronova.jobs.model import Job, JobState, RoutingRecord
 from neuronova.jobs.outbox_protocol import NullOutbox, Outbox
 from neuronova.jobs.store import JobStore, results_of
+from neuronova.metrics.observe import observe_job_end
 from neuronova.pipelines.registry import Pipeline, PipelineContext, pipelines as registered_pipelines
 from neuronova.store import InstanceStore
 
@@ -139,7 +140,10 @@ class JobRunner:
         self.enqueue = enqueue
         self.outbox = None if isinstance(outbox, NullOutbox) else outbox
         self._pipelines = pipelines
+        #: Called with each claimed job before its pipeline runs: a remote worker fetches the inputs it lacks.
+        self.inputs: Callable[[Job], object] | None = None
         self.heartbeats = Heartbeats(jobs, interval=settings.heartbeat_seconds, lease=lease_seconds(settings))
+        jobs.add_end_listener(observe_job_end)  # job and inference durations, in the process that ends the job
 
     def close(self) -> None:
         self.heartbeats.close()
@@ -184,6 +188,9 @@ class JobRunner:
             raise NeuroNovaError(f"pipeline {job.pipeline!r} is not available on this worker",
                                  code="PIPELINE_NOT_AVAILABLE", http_status=503)
         with self.heartbeats.holding(job) as beat:
+            if self.inputs is not None:
+                self.inputs(job)
+                beat.check()
             context = PipelineContext(job=job, store=self.store, settings=self.settings, progress=beat.progress)
             result = pipeline(context=context)
             beat.check()

@@ -1,0 +1,171 @@
+"""``/metrics`` of a real node: instances in by DIMSE and STOW-RS, one refused, a study routed, the MRI job run,
+its results held back by a destination that is down, then delivered; each step read back from the scrape."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from neuronova.phantoms.dicom import make_mr_study, write_series
+from tests.conftest import DCMTK_ENV, get_port, storescu
+
+pytestmark = pytest.mark.slow
+
+PATIENT_ID = "NN-METRICS-4711"
+PATIENT_NAME = "Sentinel^Metrics"
+
+
+def scrape(node: Any) -> tuple[str, dict[tuple[str, frozenset[tuple[str, str]]], float]]:
+    r = httpx.get(node.url + "/metrics", headers=node.headers, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(r.text):
+        for s in family.samples:
+            samples[(s.name, frozenset(s.labels.items()))] = s.value
+    return r.text, samples
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    """The one sample with exactly these labels (0 when absent: a labelled counter not yet incremented)."""
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def total(samples: dict, name: str, **labels: str) -> float:
+    """The sum over every sample of ``name`` whose labels include ``labels``."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
+
+
+def start(node_factory: Callable[..., Any], *args: str, env: dict[str, str] | None = None) -> Any:
+    """A node started with time to load and warm up its models on a busy machine."""
+    node = node_factory(*args, env=env, start=False)
+    node.start(timeout=180)
+    return node
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _multipart(parts: list[bytes]) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    body = b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + p + b"\r\n"
+                    for p in parts) + b"--" + boundary.encode() + b"--\r\n"
+    return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+
+def _job(node: Any, study_uid: str) -> dict | None:
+    r = httpx.get(f"{node.url}/api/v1/studies/{study_uid}", headers=node.headers, timeout=10)
+    jobs = r.json().get("jobs", []) if r.status_code == 200 else []
+    return next((j for j in jobs if j["pipeline"] == "mri_segmentation"), None)
+
+
+def test_metrics_follow_ingest_jobs_and_delivery(tmp_path: Path, node_factory) -> None:
+    dest_port = get_port()
+    destination = f"dimse://DEST@127.0.0.1:{dest_port}"
+    node = start(node_factory, "--stable-seconds", "1", "--allowed-ae", "STORESCU", "--destination", destination)
+    _, before = scrape(node)
+    assert value(before, "neuronova_model_loaded", model="mri_segmentation") == 1
+    assert value(before, "neuronova_queue_depth", queue="ready") == 0
+    assert value(before, "neuronova_metrics_source_up", source="outbox") == 1
+    # a configured destination is listed before anything was sent to it
+    assert (("neuronova_outbox_backlog", frozenset({("destination", destination), ("state", "pending")}))
+            in before)
+
+    study = make_mr_study(4, shape=(24, 64, 64), n_tumours=1, patient_id=PATIENT_ID)
+    for ds in study.datasets:
+        ds.PatientName = PATIENT_NAME
+    files = write_series(study.datasets, tmp_path / "mr")
+    by_dimse, by_stow = files[:14], files[14:]
+    assert storescu(node.dimse_port, by_dimse).returncode == 0
+    truncated = by_stow[0].read_bytes()[:-100]  # refused: the pixel data is cut short
+    body, ctype = _multipart([p.read_bytes() for p in by_stow] + [truncated])
+    r = httpx.post(node.url + "/dicomweb/studies", content=body,
+                   headers={**node.headers, "Content-Type": ctype}, timeout=60)
+    assert r.status_code == 202, r.text
+
+    study_uid = str(study.datasets[0].StudyInstanceUID)
+    sending = wait_for(lambda: (j := _job(node, study_uid)) and j["state"] in ("sending", "failed") and j,
+                       180, "the job to reach sending")
+    assert sending["state"] == "sending", sending["error"]
+    results = len(sending["results"])
+    assert results >= 3  # SEG, SR and at least one overlay
+    text, mid = wait_for(lambda: (s := scrape(node)) and total(s[1], "neuronova_delivery_failures_total") > 0 and s,
+                         60, "a failed delivery counted")
+
+    assert value(mid, "neuronova_instances_received_total", path="dimse") == len(by_dimse)
+    assert value(mid, "neuronova_instances_received_total", path="stow") == len(by_stow)
+    assert total(mid, "neuronova_instances_refused_total", path="stow") == 1
+    assert value(mid, "neuronova_studies_stable_total") == 1
+    assert value(mid, "neuronova_studies", state="stable") == 1
+    assert value(mid, "neuronova_jobs", state="sending") == 1
+    assert value(mid, "neuronova_jobs_open", pipeline="mri_segmentation", state="sending") == 1
+    assert value(mid, "neuronova_outbox_backlog", destination=destination, state="pending") == results
+    assert value(mid, "neuronova_outbox_oldest_pending_seconds", destination=destination) > 0
+    assert total(mid, "neuronova_delivery_failures_total", destination=destination) >= 1
+    assert value(mid, "neuronova_queue_depth", queue="ready") == 0
+    # nothing ended yet: no job duration observed
+    assert value(mid, "neuronova_job_duration_seconds_count", pipeline="mri_segmentation", state="done") == 0
+
+    # the destination comes up: the outbox's next retry delivers, the job is done
+    received = tmp_path / "received"
+    received.mkdir()
+    scp = subprocess.Popen(["storescp", "-aet", "DEST", "-od", str(received), str(dest_port)], env=DCMTK_ENV,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        done = wait_for(lambda: (j := _job(node, study_uid)) and j["state"] == "done" and j, 120, "delivery")
+    finally:
+        scp.terminate()
+        scp.wait(10)
+    assert len(list(received.iterdir())) == results
+    text, end = scrape(node)
+    assert value(end, "neuronova_jobs", state="done") == 1
+    assert value(end, "neuronova_jobs_open", pipeline="mri_segmentation", state="sending") == 0
+    assert value(end, "neuronova_outbox_backlog", destination=destination, state="pending") == 0
+    assert value(end, "neuronova_job_duration_seconds_count", pipeline="mri_segmentation", state="done") == 1
+    took = value(end, "neuronova_job_duration_seconds_sum", pipeline="mri_segmentation", state="done")
+    assert took == pytest.approx(done["duration_seconds"], abs=0.01)
+    assert value(end, "neuronova_inference_duration_seconds_count", model="mri_segmentation") == 1
+    inference = value(end, "neuronova_inference_duration_seconds_sum", model="mri_segmentation")
+    assert 0 < inference == pytest.approx(done["summary"]["timings"]["inference_s"], abs=0.001)
+
+    # no patient data, no UID, in any label
+    for secret in (PATIENT_ID, PATIENT_NAME, "Sentinel", study_uid, str(study.datasets[0].SeriesInstanceUID)):
+        assert secret not in text
+    for ds in study.datasets:
+        assert ds.SOPInstanceUID not in text
+
+
+def test_metrics_need_the_token_unless_public(node_factory) -> None:
+    node = start(node_factory, "--stable-seconds", "1")
+    r = httpx.get(node.url + "/metrics", timeout=10)
+    assert r.status_code == 401
+    assert r.json()["error"]["code"] == "UNAUTHORIZED"
+    assert httpx.get(node.url + "/metrics", headers=node.headers, timeout=10).status_code == 200
+
+    public = start(node_factory, "--stable-seconds", "1", env={"NEURONOVA_METRICS_PUBLIC": "true"})
+    r = httpx.get(public.url + "/metrics", timeout=10)
+    assert r.status_code == 200
+    families = {f.name for f in text_string_to_metric_families(r.text)}
+    assert {"neuronova_instances_received", "neuronova_jobs", "neuronova_queue_depth", "neuronova_model_loaded",
+            "neuronova_job_duration_seconds", "neuronova_inference_duration_seconds"} <= families
+    # OpenMetrics when the scraper asks for it
+    r = httpx.get(public.url + "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"},
+                  timeout=10)
+    assert r.headers["content-type"].startswith("application/openmetrics-text")
+    assert r.text.rstrip().endswith("# EOF")

@@ -9,20 +9,21 @@ Segmentation report, per segment with voxels, two groups that share one Tracking
 segment, measured two ways):
 
 * a TID 1411 Volumetric ROI group: the Volume (mL) referencing the SEG segment and its source images;
-* a TID 1410 Planar ROI group: the segment's outline on its key slice as a 2D SCOORD POLYLINE with the
-  Area it encloses. TID 1410/1411 allow only one kind of ROI reference per group, hence two groups; OHIF
-  draws the outline and lists Volume and Area with it.
+* a TID 1501 group: the Area of the segment's outline on its key slice, INFERRED FROM that outline as a 2D
+  SCOORD POLYLINE (TID 300/320). A TID 1410 group (outline as its Image Region) would be as valid, but
+  OHIF then shows only numbers and a finding site ("363698007: Brain"), never the finding's name.
 
+Each measurement carries a Comment (DCM 121106; the templates are extensible) naming the finding in words
+("Enhancing tumour", "Glioma (predicted)"): OHIF shows it as the first line of the measurement's label.
 A segment without voxels has no region to show: it is reported as "<label>: 0 mL" text in the Qualitative
-Evaluations container instead of a measurement group. Tracking Identifiers are words ("enhancing tumour
-12.3 mL"), and no group carries a Finding Site: OHIF prints a finding site as "363698007: Brain"; the
-SEG's segments carry the anatomic region.
+Evaluations container instead of a measurement group. No group carries a Finding Site (the SEG's
+segments carry the anatomic region).
 
 Classification report: one TID 1501 group per class (finding code, Probability inferred from the driving
-slice, whose outline is the SCOORD), one TID 1410 group per important region (a closed POLYLINE box on that
-slice, with its importance as a Score), and a Qualitative Evaluations container (TID 1500 row 12) holding
-the finding ("Indeterminate result" when the classifier was not confident) and, for demo weights, the
-"NOT FOR CLINICAL USE" text.
+slice, whose outline is the SCOORD), one TID 1501 group per important region (its importance as a Score,
+inferred from a closed POLYLINE box on that slice), and a Qualitative Evaluations container (TID 1500
+row 12) holding the finding ("Indeterminate result" when the classifier was not confident) and, for demo
+weights, the "NOT FOR CLINICAL USE" text.
 
 Series descriptions start with what tells the series apart ("AI SR tumour volumes"): viewers cut them.
 """
@@ -107,6 +108,14 @@ def _notes_container(
     )
     container.ContentSequence = hd.sr.ContentSequence(items)
     return container
+
+
+def _comment(text: str) -> hd.sr.TextContentItem:
+    """A Comment (DCM 121106) in a measurement group (TID 1411 and 1501 are extensible): OHIF shows it as
+    the measurement's first label line, so the reader sees which finding the numbers belong to."""
+    return hd.sr.TextContentItem(
+        name=nn_codes.COMMENT, value=text[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
 
 
 def _report(
@@ -277,36 +286,38 @@ def write_segmentation_report(
         tracking = hd.sr.TrackingIdentifier(
             uid=scope.tracking(KIND_SEG_REPORT, number), identifier=f"{label} {volume:.1f} mL"[:64]
         )
-        groups.append(
-            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=tracking,
-                referenced_segment=_referenced_segment(seg_dataset, number),
-                finding_type=finding,
-                finding_category=category,
-                algorithm_id=algorithm_id,
-                measurements=[
-                    hd.sr.Measurement(name=nn_codes.VOLUME, value=round(volume, 4), unit=nn_codes.MILLILITER)
-                ],
-            )
+        volume_group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking,
+            referenced_segment=_referenced_segment(seg_dataset, number),
+            finding_type=finding,
+            finding_category=category,
+            algorithm_id=algorithm_id,
+            measurements=[hd.sr.Measurement(name=nn_codes.VOLUME, value=round(volume, 4), unit=nn_codes.MILLILITER)],
         )
+        volume_group[0].ContentSequence.append(_comment(label[:1].upper() + label[1:]))
+        groups.append(volume_group)
         key_image = images[key]
         key_images[key_image.SOPInstanceUID] = key_image
+        area = round(polygon_area(outline) * row_mm * col_mm, 3)
         groups.append(
-            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            hd.sr.MeasurementsAndQualitativeEvaluations(
                 tracking_identifier=tracking,
-                referenced_region=hd.sr.ImageRegion(
-                    graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-                    graphic_data=outline,
-                    source_image=hd.sr.SourceImageForRegion.from_source_image(key_image),
-                ),
                 finding_type=finding,
                 finding_category=category,
                 algorithm_id=algorithm_id,
                 measurements=[
                     hd.sr.Measurement(
                         name=nn_codes.AREA,
-                        value=round(polygon_area(outline) * row_mm * col_mm, 3),
+                        value=area,
                         unit=nn_codes.SQUARE_MILLIMETER,
+                        # TID 300 INFERRED FROM TID 320: the area was measured on this outline.
+                        referenced_coordinates=[
+                            hd.sr.CoordinatesForMeasurement(
+                                graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                                graphic_data=outline,
+                                source_image=hd.sr.SourceImageForRegion.from_source_image(key_image),
+                            )
+                        ],
                     )
                 ],
             )
@@ -414,8 +425,7 @@ def write_classification_report(
     groups: list[object] = []
     for index, (name, probability) in enumerate(probs.items(), start=1):
         predicted = name == predicted_class
-        groups.append(
-            hd.sr.MeasurementsAndQualitativeEvaluations(
+        group = hd.sr.MeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(
                     uid=scope.tracking(f"{KIND_CLS_REPORT}-class", index),
                     identifier=f"{'Predicted' if predicted else 'Class'}: {name} {probability:.0%}"[:64],
@@ -439,25 +449,35 @@ def write_classification_report(
                     )
                 ],
             )
-        )
+        group[0].ContentSequence.append(_comment(f"{name} (predicted)" if predicted else name))
+        groups.append(group)
     for index, (x, y, w, h, importance) in enumerate(boxes, start=1):
         box = np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h], [x, y]], dtype=np.float32)
-        groups.append(
-            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=scope.tracking(f"{KIND_CLS_REPORT}-region", index),
-                    identifier=f"Grad-CAM region {index} ({explained})"[:64],
-                ),
-                referenced_region=hd.sr.ImageRegion(
-                    graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-                    graphic_data=box,
-                    source_image=hd.sr.SourceImageForRegion.from_source_image(driving_image),
-                ),
-                finding_type=class_code[explained],
-                algorithm_id=algorithm_id,
-                measurements=[hd.sr.Measurement(name=nn_codes.SCORE, value=round(importance, 6), unit=nn_codes.NO_UNITS)],
-            )
+        group = hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=scope.tracking(f"{KIND_CLS_REPORT}-region", index),
+                identifier=f"Grad-CAM region {index} ({explained})"[:64],
+            ),
+            finding_type=class_code[explained],
+            algorithm_id=algorithm_id,
+            measurements=[
+                hd.sr.Measurement(
+                    name=nn_codes.SCORE,
+                    value=round(importance, 6),
+                    unit=nn_codes.NO_UNITS,
+                    # The importance was inferred from this box of the Grad-CAM map (TID 300 INFERRED FROM).
+                    referenced_coordinates=[
+                        hd.sr.CoordinatesForMeasurement(
+                            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                            graphic_data=box,
+                            source_image=hd.sr.SourceImageForRegion.from_source_image(driving_image),
+                        )
+                    ],
+                )
+            ],
         )
+        group[0].ContentSequence.append(_comment(f"Grad-CAM region {index} ({explained})"))
+        groups.append(group)
 
     if indeterminate:
         summary = (

@@ -16,13 +16,23 @@ class NeuroNovaError(Exception):
     http_status: int = 500
     code: str = "INTERNAL_SERVER_ERROR"
 
-    def __init__(self, message: str, *, code: str | None = None, http_status: int | None = None) -> None:
+    #: A short fixed code for metrics labels and logs (never patient data).
+    reason: str = "error"
+
+    def __init__(self, message: str, *, code: str | None = None, http_status: int | None = None,
+                 reason: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
         if http_status is not None:
             self.http_status = http_status
+        if reason is not None:
+            self.reason = reason
+        #: The instance's SOP Class and Instance UIDs, when they were read before the refusal (STOW-RS
+        #: reports them in the failed item).
+        self.sop_class_uid: str | None = None
+        self.sop_instance_uid: str | None = None
 
     def to_json(self) -> dict[str, object]:
         return {"success": False, "error": {"code": self.code, "message": self.message}}
@@ -43,12 +53,14 @@ class InvalidDicom(NeuroNovaError):
     dicom_status = 0xC210  # Cannot understand: dataset does not match SOP class / unreadable
     http_status = 400
     code = "INVALID_IMAGE_FORMAT"
+    reason = "invalid"
 
 
 class InvalidUID(InvalidDicom):
     """A UID that is not a valid DICOM UID (it would otherwise name a file)."""
 
     dicom_status = 0xC211
+    reason = "uid"
 
 
 class StudyMismatch(InvalidDicom):
@@ -57,6 +69,32 @@ class StudyMismatch(InvalidDicom):
     dicom_status = 0xA900  # PS3.18: "Data Set does not match SOP Class" is the closest failure reason
     http_status = 409
     code = "STUDY_MISMATCH"
+    reason = "study_mismatch"
+
+
+class PixelDataMismatch(InvalidDicom):
+    """Native Pixel Data whose length is not what Rows x Columns x Samples x Bits x Frames declare."""
+
+    dicom_status = 0xC212  # Cannot understand: the pixels cannot be read as the header describes them
+    reason = "pixel_length"
+
+
+class DatasetDoesNotMatchSOPClass(InvalidDicom):
+    """The header contradicts itself or its SOP class (Rows 0, Bits Stored > Bits Allocated, 3 samples in
+    MONOCHROME2, a Segmentation without segments, ...)."""
+
+    dicom_status = 0xA900  # PS3.4 B.2.3: Error: Data Set does not match SOP Class
+    reason = "sop_content"
+
+
+class IdentityConflict(NeuroNovaError):
+    """The instance contradicts what is stored: its series belongs to another study, or its patient identity
+    (PatientID, IssuerOfPatientID) differs from the study's stored instances (policy: reject)."""
+
+    dicom_status = 0xC213  # Cannot understand family; the ErrorComment says which identity conflicts
+    http_status = 409
+    code = "IDENTITY_CONFLICT"
+    reason = "identity"
 
 
 class DuplicateConflict(NeuroNovaError):
@@ -65,6 +103,7 @@ class DuplicateConflict(NeuroNovaError):
     dicom_status = 0x0111  # PS3.7 C.4.1: Duplicate SOP Instance
     http_status = 409
     code = "DUPLICATE_CONFLICT"
+    reason = "duplicate"
 
 
 class OutOfResources(NeuroNovaError):
@@ -73,6 +112,16 @@ class OutOfResources(NeuroNovaError):
     dicom_status = 0xA700
     http_status = 507
     code = "OUT_OF_RESOURCES"
+    reason = "resources"
+
+
+class DecodedSizeTooLarge(OutOfResources):
+    """The declared decoded pixel size (Rows x Columns x Frames x Samples x Bits) is over the node's limit:
+    a decompression bomb, or more than the node will decode."""
+
+    http_status = 413
+    code = "IMAGE_TOO_LARGE"
+    reason = "decoded_size"
 
 
 class PayloadTooLarge(NeuroNovaError):

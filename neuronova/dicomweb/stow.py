@@ -24,6 +24,7 @@ from neuronova.errors import (
     UnsupportedMediaType,
 )
 from neuronova.dicomweb.deps import get_store
+from neuronova.metrics import INSTANCES_RECEIVED, INSTANCES_REFUSED, INSTANCES_WARNED
 from neuronova.store import InstanceStore, StoreResult, TmpInstance, validate_uid
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ DICOM_JSON = "application/dicom+json"
 #: PS3.18 failure reasons used here.
 PROCESSING_FAILURE = 0x0110
 SOP_CLASS_NOT_SUPPORTED = 0x0122
+#: Warning reason of an instance stored as sent although some of its text breaks its VR.
+TEXT_WARNING = 0xB007
 
 
 def _item(sop_class: str | None, sop_instance: str | None) -> dict[str, Any]:
@@ -57,6 +60,7 @@ class _StowState:
     part_error: NeuroNovaError | None = None
     stored: list[dict[str, Any]] = field(default_factory=list)
     failed: list[dict[str, Any]] = field(default_factory=list)
+    warned: int = 0
     studies: set[str] = field(default_factory=set)
     ended: bool = False
 
@@ -76,7 +80,8 @@ class _StowState:
     def on_headers_finished(self) -> None:
         ctype, _ = parse_options_header(self.headers.get(b"content-type", b"application/dicom"))
         if ctype != b"application/dicom":
-            self.part_error = NeuroNovaError(f"part media type {ctype.decode(errors='replace')} is not application/dicom")
+            self.part_error = NeuroNovaError(f"part media type {ctype.decode(errors='replace')} is not application/dicom",
+                                             reason="media_type")
             self.part_error.dicom_status = SOP_CLASS_NOT_SUPPORTED
             return
         try:
@@ -103,7 +108,7 @@ class _StowState:
             return
         except Exception as exc:  # never let one part take down the request
             log.exception("STOW-RS part failed unexpectedly")
-            failure = NeuroNovaError(f"processing failure: {type(exc).__name__}")
+            failure = NeuroNovaError(f"processing failure: {type(exc).__name__}", reason="processing")
             failure.dicom_status = PROCESSING_FAILURE
             self._fail(failure)
             return
@@ -112,13 +117,22 @@ class _StowState:
         item = _item(inst.sop_class_uid, inst.sop_instance_uid)
         item["00081190"] = {"vr": "UR", "Value": [
             f"{self.base_url}/studies/{inst.study_uid}/series/{inst.series_uid}/instances/{inst.sop_instance_uid}"]}
+        INSTANCES_RECEIVED.labels("stow").inc()
+        if result.warnings:
+            # Stored as sent; the sender is told (PS3.18: Warning Reason, and the request answers 202).
+            item["00081196"] = {"vr": "US", "Value": [TEXT_WARNING]}
+            self.warned += 1
+            INSTANCES_WARNED.labels("stow", "text_vr").inc()
+            log.warning("STOW-RS instance stored with a warning: %d text elements break their VR (first: %s)",
+                        len(result.warnings), result.warnings[0])
         self.stored.append(item)
         if self.on_stored is not None:
             self.on_stored(result)
 
     def _fail(self, exc: NeuroNovaError) -> None:
-        log.info("STOW-RS part refused (0x%04X): %s", exc.dicom_status, exc)
-        item = _item(None, None)
+        log.info("STOW-RS part refused (0x%04X, %s): %s", exc.dicom_status, exc.reason, exc)
+        INSTANCES_REFUSED.labels("stow", exc.reason).inc()
+        item = _item(exc.sop_class_uid, exc.sop_instance_uid)
         item["00081197"] = {"vr": "US", "Value": [exc.dicom_status]}
         self.failed.append(item)
 
@@ -189,7 +203,8 @@ async def _stow(request: Request, store: InstanceStore, study: str | None) -> JS
         body["00081198"] = {"vr": "SQ", "Value": state.failed}
     if not state.stored and not state.failed:
         raise InvalidRequest("the multipart body holds no part")
-    status = 200 if not state.failed else (202 if state.stored else 409)
+    # PS3.18 10.5.3: 200 all stored, 202 some failed or stored with warnings, 409 none stored.
+    status = 200 if not state.failed and not state.warned else (202 if state.stored else 409)
     return JSONResponse(body, status_code=status, media_type=DICOM_JSON)
 
 

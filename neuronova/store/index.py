@@ -1,8 +1,10 @@
 """The SQLite index of stored instances, series and studies (and each study's stability).
 
 One connection guarded by a lock: SQLite serialises writers anyway, and the C-STORE handler threads, the
-STOW-RS route and the study watcher all share it. WAL with synchronous=NORMAL makes a commit durable against
-a killed process (the invariant); the instance files themselves are fsync'd before they are indexed.
+STOW-RS route and the study watcher all share it. WAL with synchronous=FULL: every commit is fsync'd before
+it returns, so the index row of an acknowledged instance survives a power cut, not only a killed process
+(NORMAL syncs the WAL only at checkpoints: a cut could lose the rows of acknowledged instances). The instance
+files themselves are fsync'd before they are indexed.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ CREATE TABLE IF NOT EXISTS instances (
     series_uid TEXT NOT NULL REFERENCES series(series_uid),
     study_uid TEXT NOT NULL,
     sop_class_uid TEXT NOT NULL, instance_number TEXT, transfer_syntax TEXT NOT NULL,
-    path TEXT NOT NULL, size INTEGER NOT NULL, received_at REAL NOT NULL
+    path TEXT NOT NULL, size INTEGER NOT NULL, received_at REAL NOT NULL,
+    patient_id TEXT, issuer_of_patient_id TEXT
 );
 CREATE INDEX IF NOT EXISTS instances_series ON instances(series_uid);
 CREATE INDEX IF NOT EXISTS instances_study ON instances(study_uid);
@@ -55,9 +58,13 @@ class Index:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(instances)")}
+        for column in ("patient_id", "issuer_of_patient_id"):  # indexes made before these columns existed
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE instances ADD COLUMN {column} TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -103,15 +110,58 @@ class Index:
                 (a("SeriesInstanceUID"), a("StudyInstanceUID"), a("Modality"), a("SeriesDescription"),
                  a("SeriesNumber"), a("BodyPartExamined"), a("FrameOfReferenceUID"), now),
             )
+            old = db.execute("SELECT series_uid, study_uid FROM instances WHERE sop_uid=?",
+                             (a("SOPInstanceUID"),)).fetchone()
+            # A replacement may move the instance to another series or study: the row follows it.
             db.execute(
                 """INSERT INTO instances (sop_uid, series_uid, study_uid, sop_class_uid, instance_number,
-                       transfer_syntax, path, size, received_at)
-                   VALUES (?,?,?,?,?,?,?,?,?)
-                   ON CONFLICT(sop_uid) DO UPDATE SET size=excluded.size, transfer_syntax=excluded.transfer_syntax,
-                       received_at=excluded.received_at""",
+                       transfer_syntax, path, size, received_at, patient_id, issuer_of_patient_id)
+                   VALUES (?,?,?,?,?,?,?,?,?,?,?)
+                   ON CONFLICT(sop_uid) DO UPDATE SET series_uid=excluded.series_uid, study_uid=excluded.study_uid,
+                       sop_class_uid=excluded.sop_class_uid, instance_number=excluded.instance_number,
+                       transfer_syntax=excluded.transfer_syntax, path=excluded.path, size=excluded.size,
+                       received_at=excluded.received_at, patient_id=excluded.patient_id,
+                       issuer_of_patient_id=excluded.issuer_of_patient_id""",
                 (a("SOPInstanceUID"), a("SeriesInstanceUID"), a("StudyInstanceUID"), a("SOPClassUID"),
-                 a("InstanceNumber"), transfer_syntax, path, size, now),
+                 a("InstanceNumber"), transfer_syntax, path, size, now, a("PatientID", ""),
+                 a("IssuerOfPatientID") or None),
             )
+            if old is not None and old["series_uid"] != a("SeriesInstanceUID"):
+                # The series (and study) it left: dropped when empty, so that no listing shows an empty series.
+                db.execute("DELETE FROM series WHERE series_uid=? AND NOT EXISTS "
+                           "(SELECT 1 FROM instances WHERE series_uid=?)", (old["series_uid"], old["series_uid"]))
+                if old["study_uid"] != a("StudyInstanceUID"):
+                    db.execute("DELETE FROM studies WHERE study_uid=? AND NOT EXISTS "
+                               "(SELECT 1 FROM series WHERE study_uid=?)", (old["study_uid"], old["study_uid"]))
+
+    def identity_conflict(self, *, sop_uid: str, study_uid: str, series_uid: str, patient_id: str,
+                          issuer: str | None) -> str | None:
+        """Why an instance would contradict the stored ones (None: it does not): its series is in another study,
+        or its patient identity differs from the study's other instances. Says which, never the values."""
+        with self._lock:
+            other = self._db.execute(
+                "SELECT study_uid FROM instances WHERE series_uid=? AND sop_uid!=? AND study_uid!=? LIMIT 1",
+                (series_uid, sop_uid, study_uid)).fetchone()
+            if other is not None:
+                return "its SeriesInstanceUID belongs to another study"
+            patient = self._db.execute(
+                """SELECT 1 FROM instances i JOIN studies st ON st.study_uid = i.study_uid
+                   WHERE i.study_uid=? AND i.sop_uid!=? AND COALESCE(i.patient_id, st.patient_id, '') != ?
+                   LIMIT 1""", (study_uid, sop_uid, patient_id)).fetchone()
+            if patient is not None:
+                return "its PatientID differs from the study's stored instances"
+            if issuer:
+                other_issuer = self._db.execute(
+                    """SELECT 1 FROM instances WHERE study_uid=? AND sop_uid!=? AND issuer_of_patient_id IS NOT NULL
+                       AND issuer_of_patient_id != ? LIMIT 1""", (study_uid, sop_uid, issuer)).fetchone()
+                if other_issuer is not None:
+                    return "its IssuerOfPatientID differs from the study's stored instances"
+        return None
+
+    def indexed_paths(self, series_uid: str) -> dict[str, str]:
+        """SOP Instance UID -> relative path of every indexed instance of a series."""
+        return {r["sop_uid"]: r["path"] for r in self.query("SELECT sop_uid, path FROM instances WHERE series_uid=?",
+                                                             (series_uid,))}
 
     # --- stability ----------------------------------------------------------------------------------------
 

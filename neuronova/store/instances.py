@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import filecmp
 import io
 import logging
 import os
@@ -34,7 +33,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from neuronova.errors import DuplicateConflict, InvalidDicom, NeuroNovaError, OutOfResources, StudyMismatch
+from neuronova.errors import (
+    DuplicateConflict,
+    IdentityConflict,
+    InvalidDicom,
+    NeuroNovaError,
+    OutOfResources,
+    StudyMismatch,
+)
+from neuronova.store.checks import TextWarning, check_instance
+from neuronova.store.compare import same_data_set
 from neuronova.store.index import Index
 from neuronova.store.scan import ScannedInstance, scan_part10
 from neuronova.store.uids import validate_uid
@@ -66,9 +74,15 @@ def _abandoned(path: Path) -> bool:
 @dataclass(frozen=True)
 class StoreResult:
     instance: ScannedInstance
-    #: "stored", "duplicate" (identical content already held) or "replaced".
+    #: "stored", "duplicate" (the same data set already held) or "replaced".
     outcome: str
     path: Path
+    #: Text elements that break their VR: stored as sent, answered with a warning status.
+    warnings: tuple[TextWarning, ...] = ()
+
+
+#: Default bound of the decoded pixel size an instance may declare (Rows x Columns x Frames x Samples x Bits).
+MAX_DECODED_BYTES = 2 * 1024**3
 
 
 #: Overlap the file's and the directories' fsyncs when a file fsync takes longer than this on average. Below
@@ -233,7 +247,19 @@ class TmpInstance:
 
 
 class InstanceStore:
-    def __init__(self, data_dir: Path, *, duplicate_policy: str = "reject") -> None:
+    """The instance files and their index.
+
+    ``duplicate_policy``: an instance whose SOP Instance UID is stored with another data set is refused
+    ("reject") or replaces it ("replace"), wherever it was stored (a replacement in another study or series
+    moves the file and its index row). ``identity_policy``: an instance whose series is in another study, or
+    whose patient identity contradicts its study's stored instances, is refused ("reject") or stored
+    ("accept"). ``max_decoded_bytes`` bounds the decoded pixel size an instance may declare.
+    ``reconcile``: at opening, index complete instances found on disk without an index row, and remove what a
+    crash left (truncated files, files of an instance that moved).
+    """
+
+    def __init__(self, data_dir: Path, *, duplicate_policy: str = "reject", identity_policy: str = "reject",
+                 max_decoded_bytes: int = MAX_DECODED_BYTES, reconcile: bool = True) -> None:
         self.root = Path(data_dir).resolve()
         self.instances_dir = self.root / "instances"
         self.tmp_dir = self.root / "tmp"
@@ -246,16 +272,29 @@ class InstanceStore:
             if _abandoned(leftover):
                 leftover.unlink(missing_ok=True)
         self.index = Index(self.root / "index.sqlite3")
+        # The index file and the directories made above must not vanish in a power cut.
+        _fsync_dir(self.root)
         self.duplicate_policy = duplicate_policy
+        self.identity_policy = identity_policy
+        self.max_decoded_bytes = max_decoded_bytes
         self._lock = threading.Lock()
         self._settled = threading.Condition(self._lock)
-        self._in_flight: set[Path] = set()  # final paths being committed, guarded by _lock
+        # SOP Instance UIDs being committed, with what they are, guarded by _lock.
+        self._in_flight: dict[str, ScannedInstance] = {}
         # Directory fsyncs run here while the committing thread fsyncs the file, when flushes are slow.
         self._syncer = ThreadPoolExecutor(max_workers=8, thread_name_prefix="store-fsync")
         self._flush_seconds = 0.0
         self._dirs = DirectorySync()
         # Series directories known to exist inside the data directory, with durable entries.
         self._known_dirs: set[Path] = set()
+        # Identities confirmed by the index (series -> study, study -> (PatientID, issuer)): an instance that
+        # repeats them needs no query. Forgotten on any replacement (it may move an instance).
+        self._series_study: dict[str, str] = {}
+        self._study_patient: dict[str, tuple[str, str | None]] = {}
+        if reconcile:
+            from neuronova.store.reconcile import reconcile as _reconcile
+
+            _reconcile(self)
 
     def close(self) -> None:
         self._syncer.shutdown(wait=True)
@@ -290,10 +329,12 @@ class InstanceStore:
     def commit(self, tmp: TmpInstance, *, replace: bool = False,
                expected_study_uid: str | None = None) -> StoreResult:
         """Check, make durable and index ``tmp``; raise a NeuroNovaError (and keep nothing) when it is refused."""
+        scanned: ScannedInstance | None = None
         try:
             tmp.flush()
             with tmp.content() as fp:
                 scanned = scan_part10(fp, tmp.size)
+            warnings = tuple(check_instance(scanned, max_decoded_bytes=self.max_decoded_bytes))
             if expected_study_uid is not None and scanned.study_uid != expected_study_uid:
                 raise StudyMismatch("the instance belongs to another study than the request's StudyInstanceUID")
             rel = self.relative_path(scanned.study_uid, scanned.series_uid, scanned.sop_instance_uid)
@@ -308,16 +349,22 @@ class InstanceStore:
                 self._make_dirs(final)
                 # Whoever created them, the new entries must be durable before this instance is answered.
                 dirs = [series_dir, series_dir.parent, self.instances_dir]
-        except BaseException:
+        except BaseException as exc:
             tmp.discard()
+            if isinstance(exc, NeuroNovaError) and scanned is not None:
+                exc.sop_class_uid, exc.sop_instance_uid = scanned.sop_class_uid, scanned.sop_instance_uid
             raise
+        uid = scanned.sop_instance_uid
         try:
-            outcome = self._claim(tmp, final, scanned, replace=replace)
+            outcome, moved_from = self._claim(tmp, final, scanned, replace=replace)
         except FileNotFoundError as exc:  # the series directory vanished (removed by hand?): recreate next time
             self._known_dirs.discard(series_dir)
             raise _disk_error(exc) from exc
+        except NeuroNovaError as exc:
+            exc.sop_class_uid, exc.sop_instance_uid = scanned.sop_class_uid, uid
+            raise
         if outcome == "duplicate":
-            return StoreResult(instance=scanned, outcome=outcome, path=final)
+            return StoreResult(instance=scanned, outcome=outcome, path=final, warnings=warnings)
         try:
             self._make_durable(tmp, final, dirs, new=outcome == "new")
             if len(self._known_dirs) >= KNOWN_DIRS:
@@ -325,12 +372,22 @@ class InstanceStore:
             self._known_dirs.add(series_dir)  # exists, checked and durable: later instances skip all three
             self.index.add_instance(scanned.attrs, transfer_syntax=scanned.transfer_syntax, path=str(rel),
                                     size=tmp.size)
+            self._remember_identity(scanned, replaced=outcome == "replaced")
+            if moved_from is not None:
+                # The index row has moved: the old file is nobody's now (a crash before this line leaves it to
+                # the reconciliation at the next start, which removes files whose UID is indexed elsewhere).
+                moved_from.unlink(missing_ok=True)
+                try:
+                    self._dirs.sync(moved_from.parent)
+                except OSError:
+                    log.warning("could not fsync %s after moving an instance out", moved_from.parent.name)
         finally:
             tmp.close()  # releases the file's lock: other processes may look at it now
             with self._lock:
-                self._in_flight.discard(final)
+                self._in_flight.pop(uid, None)
                 self._settled.notify_all()
-        return StoreResult(instance=scanned, outcome="stored" if outcome == "new" else outcome, path=final)
+        return StoreResult(instance=scanned, outcome="stored" if outcome == "new" else outcome, path=final,
+                           warnings=warnings)
 
     def _make_dirs(self, final: Path) -> None:
         for d in (final.parent.parent, final.parent):
@@ -340,50 +397,102 @@ class InstanceStore:
                 except OSError as exc:
                     raise _disk_error(exc) from exc
 
-    def _claim(self, tmp: TmpInstance, final: Path, scanned: ScannedInstance, *, replace: bool) -> str:
-        """Decide what ``tmp`` becomes and mark ``final`` in flight: "new" (renamed into place already),
-        "stored" (replaces an unindexed leftover), "replaced", or "duplicate" (tmp discarded).
+    def _claim(self, tmp: TmpInstance, final: Path, scanned: ScannedInstance, *,
+               replace: bool) -> tuple[str, Path | None]:
+        """Decide what ``tmp`` becomes and mark its UID in flight: "new" (renamed into place already), "stored"
+        (replaces an unindexed leftover), "replaced" (with the path it moves from, when its study or series
+        changed), or "duplicate" (tmp discarded).
 
         A file being committed is locked (flock) by its writer until its index row is written, so that an
         unindexed file found at ``final`` is told apart: locked, another process is committing it (wait, then
         look again); unlocked, a crash left it (it was never acknowledged: replace it)."""
+        uid = scanned.sop_instance_uid
         try:
             while True:
                 with self._lock:
-                    while final in self._in_flight:
+                    while uid in self._in_flight:
                         self._settled.wait()
+                    row = self.index.instance(uid)
+                    if row is not None:
+                        stored = self.instances_dir / row["path"]
+                        outcome = self._against_stored(tmp, stored, scanned, replace=replace)
+                        if outcome == "duplicate":
+                            return outcome, None
+                        self._check_identity(scanned)
+                        tmp.lock()
+                        self._in_flight[uid] = scanned
+                        return outcome, (stored if stored != final else None)
+                    self._check_identity(scanned)
                     if not final.exists():
                         tmp.lock()
                         os.rename(tmp.path, final)  # made durable by _make_durable before anything is answered
-                        self._in_flight.add(final)
-                        return "new"
-                    if self.index.instance(scanned.sop_instance_uid) is not None:
-                        outcome = self._against_stored(tmp, final, scanned, replace=replace)
-                    elif not _locked_elsewhere(final):
-                        log.info("replacing an unindexed file left by an interrupted store: %s",
-                                 scanned.sop_instance_uid)
-                        outcome = "stored"
-                    else:
-                        outcome = ""
-                    if outcome:
-                        if outcome != "duplicate":
-                            tmp.lock()
-                            self._in_flight.add(final)
-                        return outcome
+                        self._in_flight[uid] = scanned
+                        return "new", None
+                    if not _locked_elsewhere(final):
+                        log.info("replacing an unindexed file left by an interrupted store: %s", uid)
+                        tmp.lock()
+                        self._in_flight[uid] = scanned
+                        return "stored", None
                 _wait_unlocked(final)  # another process commits this UID: wait for it outside our lock
         except BaseException:
             tmp.discard()
             raise
 
-    def _against_stored(self, tmp: TmpInstance, final: Path, scanned: ScannedInstance, *, replace: bool) -> str:
-        if filecmp.cmp(tmp.path, final, shallow=False):
+    def _check_identity(self, scanned: ScannedInstance) -> None:
+        """Refuse (policy "reject") an instance whose series is in another study or whose patient identity
+        contradicts its study, against the index and the instances being committed now. Called under _lock."""
+        if self.identity_policy == "accept":
+            return
+        attrs = scanned.attrs
+        patient, issuer = attrs.get("PatientID", ""), attrs.get("IssuerOfPatientID") or None
+        if (self._series_study.get(scanned.series_uid) == scanned.study_uid
+                and self._study_patient.get(scanned.study_uid) == (patient, issuer)
+                and not any(o.study_uid == scanned.study_uid or o.series_uid == scanned.series_uid
+                            for o in self._in_flight.values())):
+            return
+        why = self.index.identity_conflict(sop_uid=scanned.sop_instance_uid, study_uid=scanned.study_uid,
+                                           series_uid=scanned.series_uid, patient_id=patient, issuer=issuer)
+        if why is None:
+            for other in self._in_flight.values():
+                if other.series_uid == scanned.series_uid and other.study_uid != scanned.study_uid:
+                    why = "its SeriesInstanceUID belongs to another study"
+                elif other.study_uid == scanned.study_uid and (
+                        other.attrs.get("PatientID", "") != patient
+                        or (issuer and other.attrs.get("IssuerOfPatientID") not in (None, "", issuer))):
+                    why = "its patient identity differs from the study's other instances"
+                if why:
+                    break
+        if why is not None:
+            log.warning("refused instance %s: %s (identity policy: reject)", scanned.sop_instance_uid, why)
+            raise IdentityConflict(f"identity conflict: {why}")
+
+    def _remember_identity(self, scanned: ScannedInstance, *, replaced: bool) -> None:
+        with self._lock:
+            if replaced or len(self._series_study) > KNOWN_DIRS:
+                self._series_study.clear()
+                self._study_patient.clear()
+            if self.identity_policy == "reject" and not replaced:
+                self._series_study[scanned.series_uid] = scanned.study_uid
+                self._study_patient[scanned.study_uid] = (scanned.attrs.get("PatientID", ""),
+                                                          scanned.attrs.get("IssuerOfPatientID") or None)
+
+    def _against_stored(self, tmp: TmpInstance, stored: Path, scanned: ScannedInstance, *, replace: bool) -> str:
+        try:
+            with tmp.content() as fp:
+                same = same_data_set(fp, scanned, stored)
+        except FileNotFoundError:  # indexed but gone (removed by hand): store it again
+            log.warning("stored instance %s is missing from disk: storing it again", scanned.sop_instance_uid)
+            return "replaced"
+        if same:
             tmp.discard()
             return "duplicate"
         if self.duplicate_policy == "reject" and not replace:
             log.warning("refused instance %s: same SOP Instance UID as a stored instance, different content "
                         "(policy: reject)", scanned.sop_instance_uid)
-            raise DuplicateConflict("an instance with this SOP Instance UID is already stored with different content")
-        log.warning("replacing stored instance %s with different content (policy: replace)", scanned.sop_instance_uid)
+            raise DuplicateConflict("an instance with this SOP Instance UID is already stored with a different "
+                                    "data set")
+        log.warning("replacing stored instance %s with a different data set (policy: replace)",
+                    scanned.sop_instance_uid)
         return "replaced"
 
     def _make_durable(self, tmp: TmpInstance, final: Path, dirs: list[Path], *, new: bool) -> None:

@@ -12,10 +12,13 @@ import struct
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from functools import lru_cache
+
 from pydicom.charset import decode_bytes
+from pydicom.datadict import dictionary_VR
 from pydicom.uid import UID
 
-from neuronova.errors import InvalidDicom
+from neuronova.errors import DatasetDoesNotMatchSOPClass, InvalidDicom
 from neuronova.store.uids import validate_uid
 
 PREAMBLE = 128
@@ -33,6 +36,7 @@ INDEX_TAGS: dict[int, str] = {
     0x0008103E: "SeriesDescription",
     0x00100010: "PatientName",
     0x00100020: "PatientID",
+    0x00100021: "IssuerOfPatientID",
     0x00100030: "PatientBirthDate",
     0x00100040: "PatientSex",
     0x00180015: "BodyPartExamined",
@@ -44,6 +48,24 @@ INDEX_TAGS: dict[int, str] = {
     0x00200052: "FrameOfReferenceUID",
 }
 _LAST_INDEX_TAG = max(INDEX_TAGS)
+# The Image Pixel module and the few content attributes the checks at the door read (checks.py), top level.
+HEADER_TAGS: dict[int, str] = {
+    0x00280002: "SamplesPerPixel",
+    0x00280004: "PhotometricInterpretation",
+    0x00280006: "PlanarConfiguration",
+    0x00280008: "NumberOfFrames",
+    0x00280010: "Rows",
+    0x00280011: "Columns",
+    0x00280100: "BitsAllocated",
+    0x00280101: "BitsStored",
+    0x00280102: "HighBit",
+    0x00280103: "PixelRepresentation",
+    0x00620001: "SegmentationType",
+    0x0040A040: "ValueType",
+}
+#: VRs whose values are text: kept (top level) for the VR checks of checks.py.
+TEXT_VRS = frozenset({b"AE", b"AS", b"CS", b"DA", b"DS", b"DT", b"IS", b"LO", b"LT", b"PN", b"SH", b"ST", b"TM",
+                      b"UC", b"UI", b"UR", b"UT"})
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 _UNDEFINED = 0xFFFFFFFF
 PIXEL_DATA = 0x7FE00010
@@ -55,9 +77,26 @@ DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.1.99.1")
 
 
 @dataclass(frozen=True)
+class PixelInfo:
+    """The top-level Pixel Data element: its value length, or None when encapsulated (undefined length)."""
+
+    length: int | None
+
+
+@dataclass(frozen=True)
 class ScannedInstance:
     transfer_syntax: str
     attrs: dict[str, str] = field(default_factory=dict)
+    #: Raw values of HEADER_TAGS, by keyword, in the dataset's byte order (``little``).
+    header: dict[str, bytes] = field(default_factory=dict)
+    #: Every top-level tag present (sequences too).
+    tags: frozenset[int] = frozenset()
+    #: Top-level text elements as (tag, VR, raw value).
+    texts: tuple[tuple[int, bytes, bytes], ...] = ()
+    pixel: PixelInfo | None = None
+    little: bool = True
+    #: Offset of the dataset (what follows the file meta) in the encoded instance.
+    dataset_offset: int = 0
 
     @property
     def sop_class_uid(self) -> str:
@@ -101,7 +140,27 @@ class _Reader:
         return self.size - self.fp.tell()
 
 
-def _walk(r: _Reader, *, implicit: bool, little: bool, end: int | None, keep: dict[int, bytes] | None) -> None:
+@dataclass
+class _Top:
+    """What the walk of the top level collects beyond the index attributes."""
+
+    tags: set[int] = field(default_factory=set)
+    texts: list[tuple[int, bytes, bytes]] = field(default_factory=list)
+    pixel_length: int | None = None
+
+
+@lru_cache(maxsize=4096)
+def _dictionary_vr(tag: int) -> bytes:
+    """The VR of a public tag for implicit VR data (empty when unknown or ambiguous)."""
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:
+        return b""
+    return vr.encode("ascii") if len(vr) == 2 else b""
+
+
+def _walk(r: _Reader, *, implicit: bool, little: bool, end: int | None, keep: dict[int, bytes] | None,
+          top: _Top | None = None) -> None:
     """Walk elements until ``end`` (an offset), or an item/sequence delimiter when ``end`` is None."""
     e = "<" if little else ">"
     while (r.fp.tell() < end) if end is not None else True:
@@ -122,6 +181,8 @@ def _walk(r: _Reader, *, implicit: bool, little: bool, end: int | None, keep: di
                 (length,) = struct.unpack(e + "L", r.read(4))
             else:
                 (length,) = struct.unpack(e + "H", r.read(2))
+        if top is not None:
+            top.tags.add(tag)
         if length == _UNDEFINED:
             # A sequence or encapsulated pixel data: items until the sequence delimiter.
             # Items of an undefined-length UN are implicit VR little endian (PS3.5 6.2.2).
@@ -129,8 +190,15 @@ def _walk(r: _Reader, *, implicit: bool, little: bool, end: int | None, keep: di
             if keep is not None and tag == PIXEL_DATA:
                 keep[tag] = b""
             continue
-        if keep is not None and tag in INDEX_TAGS:
+        if top is not None and tag == PIXEL_DATA:
+            top.pixel_length = length
+        if keep is not None and (tag in INDEX_TAGS or tag in HEADER_TAGS):
             keep[tag] = r.read(length)
+            if top is not None and (vr or _dictionary_vr(tag)) in TEXT_VRS:
+                top.texts.append((tag, vr or _dictionary_vr(tag), keep[tag]))
+        elif top is not None and length <= 0x10000 and not (tag >> 16) & 1 \
+                and (vr or _dictionary_vr(tag)) in TEXT_VRS:
+            top.texts.append((tag, vr or _dictionary_vr(tag), r.read(length)))
         elif keep is not None and tag == PIXEL_DATA:
             keep[tag] = b""  # presence only
             r.skip(length)
@@ -204,13 +272,15 @@ def scan_part10(fp: BinaryIO, size: int) -> ScannedInstance:
         raise InvalidDicom(f"deflated transfer syntax {ts} is not accepted; send uncompressed or pixel-compressed data")
     keep: dict[int, bytes] = {}
     start = fp.tell()
+    top = _Top()
+    little = ts != EXPLICIT_VR_BE
     try:
-        _walk(r, implicit=ts == IMPLICIT_VR_LE, little=ts != EXPLICIT_VR_BE, end=size, keep=keep)
+        _walk(r, implicit=ts == IMPLICIT_VR_LE, little=little, end=size, keep=keep, top=top)
     except _NotExplicit:
         # Read it as pydicom does: implicit VR little endian, from the start of the dataset.
         fp.seek(start)
-        keep = {}
-        _walk(r, implicit=True, little=True, end=size, keep=keep)
+        keep, top, little = {}, _Top(), True
+        _walk(r, implicit=True, little=True, end=size, keep=keep, top=top)
 
     # An empty value (or a missing attribute) means the default repertoire.
     charsets = [c or "ISO_IR 6" for c in _text(keep.get(0x00080005, b""), "SpecificCharacterSet", []).split("\\")]
@@ -221,7 +291,18 @@ def scan_part10(fp: BinaryIO, size: int) -> ScannedInstance:
         validate_uid(attrs[name], name=name)
     if PIXEL_DATA not in keep and "Image Storage" in UID(attrs["SOPClassUID"]).name:
         raise InvalidDicom("an image instance without Pixel Data (7FE0,0010): truncated?")
+    # For C-STORE the file meta holds the command's UIDs: a dataset that disagrees with its command (or a file
+    # with its meta) is refused here, before anything is stored.
     media_sop = meta.get(0x00020003, b"").decode("ascii", errors="replace").rstrip("\x00 ")
     if media_sop and media_sop != attrs["SOPInstanceUID"]:
-        raise InvalidDicom("MediaStorageSOPInstanceUID differs from SOPInstanceUID")
-    return ScannedInstance(transfer_syntax=str(UID(ts)), attrs=attrs)
+        raise InvalidDicom("the dataset's SOPInstanceUID differs from the command's (file meta's)",
+                           reason="uid_mismatch")
+    media_class = meta.get(0x00020002, b"").decode("ascii", errors="replace").rstrip("\x00 ")
+    if media_class and media_class != attrs["SOPClassUID"]:
+        raise DatasetDoesNotMatchSOPClass("the dataset's SOPClassUID differs from the command's (file meta's)",
+                                          reason="uid_mismatch")
+    return ScannedInstance(
+        transfer_syntax=str(UID(ts)), attrs=attrs,
+        header={HEADER_TAGS[t]: v for t, v in keep.items() if t in HEADER_TAGS}, tags=frozenset(top.tags),
+        texts=tuple(top.texts), little=little, dataset_offset=start,
+        pixel=None if PIXEL_DATA not in top.tags else PixelInfo(top.pixel_length))

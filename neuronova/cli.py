@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="a queue consumer alone (GPU machines sharing a Redis queue)")
     _common(worker)
     worker.add_argument("--workers", type=int, help="consumer threads in this process (default 1)")
+    worker.add_argument("--metrics-port", type=int, help="serve this worker's /metrics on this port, on the "
+                        "http host (env NEURONOVA_METRICS_PORT; default: none)")
+    worker.add_argument("--node-url", help="the node's http(s):// URL, for a worker that shares no disk with it "
+                        "(inputs by WADO-RS, results back over HTTP; env NEURONOVA_NODE_URL)")
 
     token = sub.add_parser("token", help="mint a bearer token from the node's secret (printed on the last line)")
     _common(token)
@@ -100,6 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from neuronova.jobs.worker import run_worker
 
             settings = _settings(args)
+            if settings.metrics_port is not None:
+                from neuronova.metrics.exporter import start_worker_metrics
+
+                start_worker_metrics(settings)
             run_worker(settings, workers=settings.workers)
             return 0
         if args.command == "token":

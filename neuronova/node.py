@@ -8,8 +8,11 @@ import logging
 from typing import Any
 
 import uvicorn
+from fastapi import Depends
 
 from neuronova.api.app import create_app
+from neuronova.api.auth import require_token
+from neuronova.api.results import router as results_router
 from neuronova.config import Settings
 from neuronova.jobs.worker import build_job_system
 from neuronova.models.shared import shared_registry
@@ -35,6 +38,8 @@ class Node:
         self.app = create_app(settings=settings, store=self.store,
                               state={"watcher": self.watcher, "outbox": self.outbox, **self.jobs.app_state()})
         self.app.state.health_providers.append(self.jobs.health)
+        # Remote workers (no shared volume) send their results here; authenticated, not rate limited.
+        self.app.include_router(results_router, dependencies=[Depends(require_token)])
         # Models load once per process and are warmed up before the first study or request.
         self.app.state.models = shared_registry(settings.model_dir, device=settings.device)
 

@@ -185,7 +185,16 @@ def run_worker(settings: Settings, *, workers: int, job_store_url: str | None = 
         raise ConfigError("NEURONOVA_WORKERS (--workers): a worker process needs at least 1")
     store = InstanceStore(settings.data_dir, duplicate_policy=settings.duplicate_policy)
     system = build_job_system(settings, store=store, job_store_url=job_store_url, outbox=outbox)
-    if outbox is None and settings.destinations:
+    remote = None
+    if settings.node_url:
+        # A worker on another machine: inputs by WADO-RS from the node, results back to the node, which
+        # stores them and delivers them (neuronova.jobs.remote); its data directory is a local cache.
+        from neuronova.jobs.remote import RemoteNode
+
+        remote = RemoteNode(settings, store=store)
+        system.runner.outbox = remote
+        system.runner.inputs = remote.fetch_inputs
+    elif outbox is None and settings.destinations:
         # Results are queued in the shared outbox; the node (``serve``) sends them.
         from neuronova.outbox.setup import build_outbox
 
@@ -199,6 +208,8 @@ def run_worker(settings: Settings, *, workers: int, job_store_url: str | None = 
         consumer.run()
     finally:
         system.stop()
+        if remote is not None:
+            remote.close()
         store.close()
 
 

@@ -1,5 +1,11 @@
 """The job record: one per (series, pipeline), and its states.
 
+A study pipeline's job takes several series of one study, each in a role (t1c, flair, ...): its ``series_uid``
+is the reference series (the one its results are drawn on, whose UIDs they derive from) and its
+``input_fingerprint`` is a :class:`StudyInputs` text, which names the series of each role besides the digest of
+their instances, so a worker knows its inputs from the job record alone (on any backend) and a late series,
+a changed role or a replaced instance re-opens the job.
+
 ``queued -> running -> writing -> sending -> done``, or ``failed`` with an error code, a message and the
 attempt count. A job that is reset (its inputs changed, or a reprocess was asked) goes back to ``queued``
 with its ``run`` number incremented; the job id stays, so the watcher re-delivering a study is idempotent.
@@ -35,6 +41,39 @@ JOB_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:neuronova:job")
 
 def job_id_for(series_uid: str, pipeline: str) -> str:
     return str(uuid.uuid5(JOB_NAMESPACE, f"{series_uid}\n{pipeline}"))
+
+
+#: Prefix of a study job's input fingerprint (see StudyInputs).
+STUDY_INPUTS_PREFIX = "roles:"
+
+
+@dataclass(frozen=True)
+class StudyInputs:
+    """Role -> series of a study job, plus the SHA-256 over their instances."""
+
+    roles: tuple[tuple[str, str], ...]  # (role, series UID) in the pipeline's role order
+    digest: str
+
+    def encode(self) -> str:
+        return STUDY_INPUTS_PREFIX + ";".join(f"{role}={uid}" for role, uid in self.roles) + f"|{self.digest}"
+
+    @classmethod
+    def decode(cls, text: str) -> StudyInputs | None:
+        """The inputs of a study job's fingerprint; None for a single-series job's (a bare digest)."""
+        if not text.startswith(STUDY_INPUTS_PREFIX) or "|" not in text:
+            return None
+        body, digest = text[len(STUDY_INPUTS_PREFIX):].rsplit("|", 1)
+        pairs = []
+        for item in filter(None, body.split(";")):
+            role, sep, uid = item.partition("=")
+            if not sep or not role or not uid:
+                raise ValueError(f"malformed study inputs item {item!r}")
+            pairs.append((role, uid))
+        return cls(tuple(pairs), digest)
+
+    @property
+    def by_role(self) -> dict[str, str]:
+        return dict(self.roles)
 
 
 @dataclass(frozen=True)
@@ -148,6 +187,9 @@ class RoutingRecord:
     decided_at: float
     #: Set on the node's own result series (the job that wrote them): never routed, so no job runs on results.
     output_of: str | None = None
+    #: Study pipeline -> the role this series fills in its job (absent: matched no role, or another series of
+    #: the study filled the role).
+    roles: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "pipelines": list(self.pipelines)}, separators=(",", ":"))
@@ -157,4 +199,4 @@ class RoutingRecord:
         d = json.loads(text)
         return cls(study_uid=d["study_uid"], series_uid=d["series_uid"], generation=int(d["generation"]),
                    pipelines=tuple(d["pipelines"]), reason=d["reason"], decided_at=float(d["decided_at"]),
-                   output_of=d.get("output_of"))
+                   output_of=d.get("output_of"), roles=dict(d.get("roles") or {}))

@@ -2,6 +2,11 @@
 
 Keyword-only functions over the instance store, the job table, the routing rules, the pipelines and
 ``enqueue``; the HTTP routes and the node call them, nothing here knows about either.
+
+Series-level pipelines get one job per (series, pipeline). A study pipeline (a ``[[study]]`` table in the
+rules) gets one job per study over the series that fill its roles (see ``neuronova.routing.rules`` for the
+``missing`` policies); its job id is that of (reference series, pipeline) and its fingerprint names the series
+of each role (:class:`~neuronova.jobs.model.StudyInputs`), so a late series re-opens it as a late instance does.
 """
 
 from __future__ import annotations
@@ -13,10 +18,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from neuronova.errors import InvalidRequest, NotFound
-from neuronova.jobs.model import Job, JobState, RoutingRecord
+from neuronova.jobs.model import Job, JobState, RoutingRecord, StudyInputs
 from neuronova.jobs.store import JobStore
 from neuronova.pipelines.registry import Pipeline
-from neuronova.routing.rules import RoutingRules
+from neuronova.routing.rules import RoutingDecision, RoutingRules, SeriesInfo, StudySpec
 from neuronova.routing.series import series_info
 from neuronova.store import InstanceStore
 
@@ -43,8 +48,8 @@ def on_study_stable(study_uid: str, generation: int, *, store: InstanceStore, jo
     Returns the jobs that were (re)enqueued."""
     started = []
     for job, fresh in _route_study(study_uid, generation, store=store, jobs=jobs, rules=rules, pipelines=pipelines):
-        if fresh:
-            enqueue(job.job_id)
+        if fresh and job.state == JobState.QUEUED:
+            _enqueue(enqueue, job)
             started.append(job)
     log.info("study stable (generation %d): %d job(s) enqueued", generation, len(started))
     return started
@@ -64,8 +69,10 @@ def reprocess(study_uid: str, *, pipeline: str | None = None, store: InstanceSto
     for job, fresh in _route_study(study_uid, int(study["stable_generation"]), store=store, jobs=jobs, rules=rules,
                                    pipelines=pipelines):
         if pipeline is not None and job.pipeline != pipeline:
-            if fresh:  # its inputs changed: it runs anyway, as a stable study would have made it
-                enqueue(job.job_id)
+            if fresh and job.state == JobState.QUEUED:  # its inputs changed: it runs anyway
+                _enqueue(enqueue, job)
+            continue
+        if fresh and job.state == JobState.FAILED:  # refused at routing (a missing role): nothing to run
             continue
         again = job if fresh else jobs.reset(job.job_id)
         if again is not None:
@@ -75,22 +82,63 @@ def reprocess(study_uid: str, *, pipeline: str | None = None, store: InstanceSto
     return out
 
 
+def _enqueue(enqueue: Enqueue, job: Job) -> None:
+    """Send the job's message; a job due later (waiting for a missing role) is sent with that delay."""
+    delay = job.due_at - time.time()
+    if delay > 0.5:
+        enqueue(job.job_id, delay=delay)
+    else:
+        enqueue(job.job_id)
+
+
+@dataclass(frozen=True)
+class _Routed:
+    info: SeriesInfo
+    decision: RoutingDecision
+    instance_count: int
+
+
 def _route_study(study_uid: str, generation: int, *, store: InstanceStore, jobs: JobStore, rules: RoutingRules,
                  pipelines: Mapping[str, Pipeline]) -> list[tuple[Job, bool]]:
-    """Record the routing of each series; return each matched (series, pipeline)'s job and whether it was just
-    created or reset (new inputs or model version)."""
-    out: list[tuple[Job, bool]] = []
+    """Record the routing of each series; return each matched job (series-level and study-level) and whether it
+    was just created or reset (new inputs or model version)."""
     outputs = {r.series_uid for r in jobs.routing_of_study(study_uid) if r.output_of}
+    routed: list[_Routed] = []
     for row in store.index.series_of_study(study_uid):
         if row["series_uid"] in outputs:
             continue  # the node's own results are never inputs
         info = series_info(store, row)
-        decision = rules.route(info)
-        available = [p for p in decision.pipelines if p in pipelines]
-        missing = [p for p in decision.pipelines if p not in pipelines]
+        routed.append(_Routed(info, rules.route(info), int(row["instance_count"] or 0)))
+
+    out: list[tuple[Job, bool]] = []
+    study_roles: dict[str, dict[str, str]] = {}  # series -> {study pipeline: role}
+    replaced: dict[str, set[str]] = {}  # series -> series-level pipelines a study job replaces on it
+    for spec in rules.studies.values():
+        result = _route_study_pipeline(spec, study_uid, routed, store=store, jobs=jobs, pipelines=pipelines)
+        if result is None:
+            continue
+        job, fresh, chosen = result
+        out.append((job, fresh))
+        for role, series_uid in chosen.items():
+            study_roles.setdefault(series_uid, {})[spec.pipeline] = role
+            if job.state != JobState.FAILED:
+                replaced.setdefault(series_uid, set()).update(spec.replaces)
+
+    for r in routed:
+        decision, info = r.decision, r.info
+        skipped = [p for p in decision.pipelines if p in replaced.get(info.series_uid, ())]
+        wanted = [p for p in decision.pipelines if p not in skipped]
+        available = [p for p in wanted if p in pipelines]
+        missing = [p for p in wanted if p not in pipelines]
         reason = decision.reason + (f"; not installed: {', '.join(missing)}" if missing else "")
+        if skipped:
+            reason += f"; {', '.join(skipped)} replaced by the study pipeline this series is an input of"
+        roles = study_roles.get(info.series_uid, {})
+        if roles:
+            reason += "; " + ", ".join(f"role {role} of {p}" for p, role in roles.items())
         jobs.set_routing(RoutingRecord(study_uid=study_uid, series_uid=info.series_uid, generation=generation,
-                                       pipelines=tuple(available), reason=reason, decided_at=time.time()))
+                                       pipelines=tuple(available), reason=reason, decided_at=time.time(),
+                                       roles=roles))
         if not available:
             continue
         fingerprint = input_fingerprint(store, info.series_uid)
@@ -98,6 +146,55 @@ def _route_study(study_uid: str, generation: int, *, store: InstanceStore, jobs:
             out.append(jobs.ensure_job(study_uid=study_uid, series_uid=info.series_uid, pipeline=name,
                                        model_version=pipelines[name].version, input_fingerprint=fingerprint))
     return out
+
+
+def _route_study_pipeline(spec: StudySpec, study_uid: str, routed: list[_Routed], *, store: InstanceStore,
+                          jobs: JobStore, pipelines: Mapping[str, Pipeline]
+                          ) -> tuple[Job, bool, dict[str, str]] | None:
+    """The study job of ``spec`` (created, re-opened or unchanged), or None when no series has one of its
+    roles, the pipeline is not installed, or a required role is missing under ``missing = "run"``."""
+    candidates: dict[str, list[_Routed]] = {}
+    for r in routed:
+        role = r.decision.roles.get(spec.pipeline)
+        if role is not None:
+            candidates.setdefault(role, []).append(r)
+    if not candidates or spec.pipeline not in pipelines:
+        return None
+    # The series with the most slices fills a role (a 3D acquisition before a 2D one); the index lists series by
+    # SeriesNumber, so among equals the later acquisition (a repeat) wins.
+    chosen = {role: max(enumerate(rs), key=lambda ir: (ir[1].instance_count, ir[0]))[1].info.series_uid
+              for role, rs in candidates.items()}
+    ordered = tuple((role, chosen[role]) for role in spec.roles if role in chosen)
+    absent = [role for role in spec.roles if role not in chosen]
+    absent_required = [role for role in spec.required if role not in chosen]
+    if absent_required and spec.missing == "run":
+        return None
+    digest = hashlib.sha256("\n".join(input_fingerprint(store, uid) for _, uid in ordered).encode()).hexdigest()
+    inputs = StudyInputs(ordered, digest)
+    reference = ordered[0][1]
+    job, fresh = jobs.ensure_job(study_uid=study_uid, series_uid=reference, pipeline=spec.pipeline,
+                                 model_version=pipelines[spec.pipeline].version, input_fingerprint=inputs.encode())
+    if not fresh or not absent:
+        return job, fresh, dict(chosen)
+    message = (f"the study has no series for the role(s) {', '.join(absent)} "
+               f"(it has {', '.join(role for role, _ in ordered)})")
+    if spec.missing == "fail":
+        failed = jobs.fail(job.job_id, error_code="SERIES_ROLE_MISSING", error_message=message)
+        return failed or job, fresh, dict(chosen)
+    if spec.missing == "wait":
+        study = store.index.study(study_uid)
+        last = float(study["last_received"]) if study is not None else time.time()
+        due = last + spec.wait_seconds
+        if due > time.time():
+            # Waiting for the late series: the job is due after the wait (the reconciler leaves it until then);
+            # a series arriving meanwhile re-opens the study and resets the job, due at once.
+            waiting = jobs._update(job.job_id, where=[("run", "eq", job.run), ("state", "eq", JobState.QUEUED)],
+                                   set={"due_at": due, "error_message": f"waiting until {due:.0f} for: {message}"})
+            job = waiting or job
+        elif absent_required:
+            failed = jobs.fail(job.job_id, error_code="SERIES_ROLE_MISSING", error_message=message)
+            return failed or job, fresh, dict(chosen)
+    return job, fresh, dict(chosen)
 
 
 @dataclass(frozen=True)

@@ -225,14 +225,24 @@ def _texture(rng: np.random.Generator, coords: list[np.ndarray]) -> np.ndarray:
     return out / 5
 
 
-def make_phantom(seed: int, *, modality: str, shape: tuple[int, int, int],
-                 spacing: tuple[float, float, float] | None = None, kinds: list[str] | None = None) -> Phantom:
-    """Draw one head; ``kinds`` lists its tumours (None: 0-3 random MR kinds)."""
-    if modality not in ("MR", "CT"):
-        raise ValueError(f"modality must be 'MR' or 'CT', got {modality!r}")
-    if len(shape) != 3 or min(shape) < 1:
-        raise ValueError(f"shape must be three positive sizes (z, y, x), got {shape!r}")
-    rng = np.random.default_rng(seed)
+@dataclass
+class Anatomy:
+    """The drawn head before any contrast: tissue codes, tumour labels and which tumour owns each voxel."""
+
+    tissue: np.ndarray  # uint8 tissue codes (z, y, x)
+    labels: np.ndarray  # uint8 tumour labels
+    instance: np.ndarray  # uint8: 1-based index into ``tumours`` of the tumour a labelled voxel belongs to
+    spacing: tuple[float, float, float]
+    tumours: list[TumourSpec]
+    coords: list[np.ndarray]  # broadcastable mm coordinates relative to the head centre
+    #: The head centre (z, y, x) in mm relative to the grid centre.
+    head_centre_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
+def draw_anatomy(rng: np.random.Generator, *, shape: tuple[int, int, int],
+                 spacing: tuple[float, float, float] | None = None, kinds: list[str] | None = None) -> Anatomy:
+    """Draw a head (and its tumours) on a grid of ``shape``: the first draws of :func:`make_phantom`, shared with
+    the multi-contrast study phantoms (``neuronova.phantoms.study``)."""
     fov_xy = rng.uniform(220.0, 250.0)
     fov_z = rng.uniform(150.0, 175.0)
     if spacing is None:
@@ -280,6 +290,22 @@ def make_phantom(seed: int, *, modality: str, shape: tuple[int, int, int],
     # centres relative to the grid centre, as the painter expects
     for i, spec in enumerate(specs, start=1):
         _paint_tumour(spec, rng, shape, spacing, tissue, labels, instance, i)
+
+    return Anatomy(tissue=tissue, labels=labels, instance=instance, spacing=spacing,  # type: ignore[arg-type]
+                   tumours=specs, coords=coords, head_centre_mm=tuple(float(v) for v in head.centre))  # type: ignore[arg-type]
+
+
+def make_phantom(seed: int, *, modality: str, shape: tuple[int, int, int],
+                 spacing: tuple[float, float, float] | None = None, kinds: list[str] | None = None) -> Phantom:
+    """Draw one head; ``kinds`` lists its tumours (None: 0-3 random MR kinds)."""
+    if modality not in ("MR", "CT"):
+        raise ValueError(f"modality must be 'MR' or 'CT', got {modality!r}")
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"shape must be three positive sizes (z, y, x), got {shape!r}")
+    rng = np.random.default_rng(seed)
+    anatomy = draw_anatomy(rng, shape=shape, spacing=spacing, kinds=kinds)
+    spacing, specs, coords = anatomy.spacing, anatomy.tumours, anatomy.coords
+    tissue, labels, instance = anatomy.tissue, anatomy.labels, anatomy.instance
 
     table = np.array(_MR_TISSUE if modality == "MR" else _CT_TISSUE, np.float32)
     table *= rng.uniform(0.92, 1.08, size=table.shape).astype(np.float32) if modality == "MR" else 1

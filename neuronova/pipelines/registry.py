@@ -45,10 +45,22 @@ class PipelineContext:
 
         return UIDScope(self.job.series_uid, self.job.pipeline, self.job.model_version)
 
-    def instance_paths(self) -> list[Path]:
-        """The series' stored files, in the index's order (InstanceNumber, then SOP Instance UID)."""
-        rows = self.store.index.instances_of_series(self.job.series_uid)
+    def instance_paths(self, series_uid: str | None = None) -> list[Path]:
+        """The series' stored files (the job's series unless ``series_uid``), in the index's order
+        (InstanceNumber, then SOP Instance UID)."""
+        rows = self.store.index.instances_of_series(series_uid or self.job.series_uid)
         return [self.store.instances_dir / r["path"] for r in rows]
+
+    def role_series(self) -> dict[str, str]:
+        """A study job's inputs: role -> series UID (empty for a single-series job)."""
+        from neuronova.jobs.model import StudyInputs  # the jobs package imports this module
+
+        inputs = StudyInputs.decode(self.job.input_fingerprint)
+        return inputs.by_role if inputs is not None else {}
+
+    def role_paths(self) -> dict[str, list[Path]]:
+        """A study job's inputs: role -> the stored files of the series filling it."""
+        return {role: self.instance_paths(uid) for role, uid in self.role_series().items()}
 
 
 @dataclass(frozen=True)
@@ -92,9 +104,10 @@ def _load_builtins() -> None:
     from neuronova.pipelines.ct_classification import CtClassification
     from neuronova.pipelines.geometry import SeriesGeometry
     from neuronova.pipelines.mri_segmentation import MriSegmentation
+    from neuronova.pipelines.mri_tumour_study import MriTumourStudy
 
     _builtins_loaded = True
-    for pipeline in (SeriesGeometry(), MriSegmentation(), CtClassification()):
+    for pipeline in (SeriesGeometry(), MriSegmentation(), MriTumourStudy(), CtClassification()):
         if pipeline.name not in PIPELINES:
             register(pipeline)
 
@@ -116,5 +129,6 @@ def model_pipelines(model_dir: Path | None) -> dict[str, Pipeline]:
     """The model pipelines reading their models (and versions) from ``model_dir`` (None: the demo models)."""
     from neuronova.pipelines.ct_classification import CtClassification
     from neuronova.pipelines.mri_segmentation import MriSegmentation
+    from neuronova.pipelines.mri_tumour_study import MriTumourStudy
 
-    return {p.name: p for p in (MriSegmentation(model_dir), CtClassification(model_dir))}
+    return {p.name: p for p in (MriSegmentation(model_dir), MriTumourStudy(model_dir), CtClassification(model_dir))}

@@ -10,6 +10,23 @@ series gets every pipeline that at least one rule matched. Keys:
 - ``image_type``: values that must all be in ImageType; ``exclude_image_type``: none of them may be
 - ``orientation``: a value or a list of "axial", "sagittal", "coronal", "oblique" (from ImageOrientationPatient)
 - ``min_slices``, ``max_slices``: the series' slice count (instances, or frames of one multi-frame instance)
+- ``role``: the series' role for the rule's study pipeline (see below), e.g. "t1c"
+- ``contrast``: true when ContrastBolusAgent must be present (non-empty), false when it must be absent
+- ``scanning_sequence``, ``sequence_variant``: values that must all be in ScanningSequence / SequenceVariant;
+  ``exclude_scanning_sequence``: none of them may be
+- ``min_/max_repetition_time``, ``min_/max_echo_time``, ``min_/max_inversion_time``: bounds in ms on
+  RepetitionTime, EchoTime, InversionTime (a series without the attribute does not match a bound on it)
+
+Study pipelines take several series of one study, each in a role. A ``[[study]]`` table declares one:
+``pipeline``; ``roles`` (the roles it takes, in preference order for the reference series); ``required`` (the
+roles it cannot run without; default all); ``missing``: what happens when a role has no series once the study
+is stable: ``"run"`` (run with the roles present when the required ones are), ``"wait"`` (wait up to
+``wait_seconds`` after the study's last instance for the others, then run as "run"), ``"fail"`` (the job fails
+with SERIES_ROLE_MISSING); under "run" a study without its required roles gets no job of the pipeline, under
+"wait" its job fails after the wait; ``replaces``: series-level pipelines that do not run on the input series
+when the study pipeline does (e.g. a single-series model). Rules naming a study pipeline must give a ``role`` (one of its roles); a series gets
+the role of the first such rule it matches; when several series share a role the one with the most slices
+(then the latest in the index) fills it.
 
 A file is validated whole when loaded; a ConfigError names the file, the rule and the key.
 """
@@ -19,7 +36,7 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -30,7 +47,13 @@ ORIENTATIONS = ("axial", "sagittal", "coronal", "oblique")
 _LIST_KEYS = ("modality", "body_part", "image_type", "exclude_image_type", "orientation")
 _REGEX_KEYS = ("series_description", "exclude_series_description")
 _INT_KEYS = ("min_slices", "max_slices")
-KNOWN_KEYS = frozenset({"name", "pipeline", "enabled", *_LIST_KEYS, *_REGEX_KEYS, *_INT_KEYS})
+_SEQ_LIST_KEYS = ("scanning_sequence", "sequence_variant", "exclude_scanning_sequence")
+_TIME_KEYS = ("min_repetition_time", "max_repetition_time", "min_echo_time", "max_echo_time",
+              "min_inversion_time", "max_inversion_time")
+KNOWN_KEYS = frozenset({"name", "pipeline", "enabled", "role", "contrast", *_LIST_KEYS, *_REGEX_KEYS, *_INT_KEYS,
+                        *_SEQ_LIST_KEYS, *_TIME_KEYS})
+STUDY_KEYS = frozenset({"pipeline", "roles", "required", "missing", "wait_seconds", "enabled", "replaces"})
+MISSING_POLICIES = ("run", "wait", "fail")
 
 
 @dataclass(frozen=True)
@@ -44,6 +67,25 @@ class SeriesInfo:
     image_type: tuple[str, ...] = ()
     orientation: str | None = None
     slice_count: int = 0
+    contrast_agent: str = ""
+    scanning_sequence: tuple[str, ...] = ()
+    sequence_variant: tuple[str, ...] = ()
+    repetition_time: float | None = None
+    echo_time: float | None = None
+    inversion_time: float | None = None
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A study pipeline: the roles it takes and what happens when one has no series."""
+
+    pipeline: str
+    roles: tuple[str, ...]
+    required: tuple[str, ...]
+    missing: str = "wait"
+    wait_seconds: float = 300.0
+    #: Series-level pipelines that do not run on this study pipeline's input series when it runs.
+    replaces: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,6 +101,13 @@ class Rule:
     exclude_series_description: re.Pattern[str] | None = None
     min_slices: int = 0
     max_slices: int | None = None
+    role: str | None = None
+    contrast: bool | None = None
+    scanning_sequence: tuple[str, ...] = ()
+    sequence_variant: tuple[str, ...] = ()
+    exclude_scanning_sequence: tuple[str, ...] = ()
+    #: attribute -> (min, max) in ms, either None
+    times: tuple[tuple[str, float | None, float | None], ...] = ()
 
     def mismatch(self, s: SeriesInfo) -> str | None:
         """Why ``s`` does not match (the first key that fails), or None when it matches."""
@@ -81,6 +130,25 @@ class Rule:
             return f"{s.slice_count} slices, fewer than {self.min_slices}"
         if self.max_slices is not None and s.slice_count > self.max_slices:
             return f"{s.slice_count} slices, more than {self.max_slices}"
+        return self._sequence_mismatch(s)
+
+    def _sequence_mismatch(self, s: SeriesInfo) -> str | None:
+        if self.contrast is not None and bool(s.contrast_agent.strip()) != self.contrast:
+            return "contrast agent " + ("absent" if self.contrast else "present")
+        scanning = {v.upper() for v in s.scanning_sequence}
+        if self.scanning_sequence and not set(self.scanning_sequence) <= scanning:
+            return f"scanning sequence lacks {sorted(set(self.scanning_sequence) - scanning)}"
+        if self.exclude_scanning_sequence and scanning & set(self.exclude_scanning_sequence):
+            return f"scanning sequence has excluded {sorted(scanning & set(self.exclude_scanning_sequence))}"
+        variant = {v.upper() for v in s.sequence_variant}
+        if self.sequence_variant and not set(self.sequence_variant) <= variant:
+            return f"sequence variant lacks {sorted(set(self.sequence_variant) - variant)}"
+        for attribute, low, high in self.times:
+            value = getattr(s, attribute)
+            if value is None:
+                return f"no {attribute.replace('_', ' ')}"
+            if (low is not None and value < low) or (high is not None and value > high):
+                return f"{attribute.replace('_', ' ')} {value:g} ms outside [{low}, {high}]"
         return None
 
 
@@ -91,12 +159,16 @@ class RoutingDecision:
     matched_rules: tuple[str, ...]
     #: For the status API: which rules matched, or why none did (one reason per rule).
     reason: str
+    #: Study pipeline -> the role this series matched for it (the first matching rule's).
+    roles: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class RoutingRules:
     rules: tuple[Rule, ...]
     source: str
+    #: Study pipelines by name.
+    studies: Mapping[str, StudySpec] = field(default_factory=dict)
 
     @property
     def pipeline_names(self) -> frozenset[str]:
@@ -111,12 +183,16 @@ class RoutingRules:
                 matched.append(rule)
             else:
                 misses.append(f"{rule.name}: {why}")
-        pipelines = tuple(dict.fromkeys(r.pipeline for r in matched))
+        roles: dict[str, str] = {}
+        for r in matched:
+            if r.role is not None:
+                roles.setdefault(r.pipeline, r.role)
+        pipelines = tuple(dict.fromkeys(r.pipeline for r in matched if r.role is None))
         if matched:
             reason = "matched " + ", ".join(f"{r.name} -> {r.pipeline}" for r in matched)
         else:
             reason = "no rule matched" + (f" ({'; '.join(misses)})" if misses else " (no rules)")
-        return RoutingDecision(series.series_uid, pipelines, tuple(r.name for r in matched), reason)
+        return RoutingDecision(series.series_uid, pipelines, tuple(r.name for r in matched), reason, roles)
 
 
 def default_rules_path() -> Path:
@@ -139,7 +215,7 @@ def parse_rules(text: str, *, source: str = "<rules>", known_pipelines: Iterable
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"routing rules {source}: not valid TOML: {exc}") from exc
-    unknown_top = set(doc) - {"rule"}
+    unknown_top = set(doc) - {"rule", "study"}
     if unknown_top:
         raise ConfigError(f"routing rules {source}: unknown top-level key(s) {sorted(unknown_top)}; "
                           "rules are [[rule]] tables")
@@ -155,7 +231,60 @@ def parse_rules(text: str, *, source: str = "<rules>", known_pipelines: Iterable
         if any(r.name == rule.name for r in rules):
             raise ConfigError(f"routing rules {source}: rule {position}: name {rule.name!r} is used twice")
         rules.append(rule)
-    return RoutingRules(tuple(rules), source)
+    studies = _parse_studies(doc.get("study", []), source=source, known=known)
+    for rule in rules:
+        spec = studies.get(rule.pipeline)
+        where = f"routing rules {source}: rule {rule.name!r}"
+        if spec is None and rule.role is not None:
+            raise ConfigError(f"{where}: key 'role': pipeline {rule.pipeline!r} has no [[study]] table")
+        if spec is not None and rule.role not in spec.roles:
+            raise ConfigError(f"{where}: key 'role' must be one of {list(spec.roles)} for study pipeline "
+                              f"{rule.pipeline!r}, found {rule.role!r}")
+    return RoutingRules(tuple(rules), source, studies)
+
+
+def _parse_studies(raw: Any, *, source: str, known: frozenset[str] | None) -> dict[str, StudySpec]:
+    if not isinstance(raw, list):
+        raise ConfigError(f"routing rules {source}: 'study' must be an array of tables ([[study]])")
+    out: dict[str, StudySpec] = {}
+    for position, table in enumerate(raw, start=1):
+        where = f"routing rules {source}: study {position}"
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{where}: must be a table")
+        unknown = set(table) - STUDY_KEYS
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(STUDY_KEYS)}")
+        pipeline = table.get("pipeline")
+        if not isinstance(pipeline, str) or not pipeline.strip():
+            raise ConfigError(f"{where}: key 'pipeline' is required (a non-empty string)")
+        if known is not None and pipeline not in known:
+            raise ConfigError(f"{where}: key 'pipeline': no pipeline named {pipeline!r}; known: {sorted(known)}")
+        if pipeline in out:
+            raise ConfigError(f"{where}: pipeline {pipeline!r} has two [[study]] tables")
+        roles = table.get("roles")
+        if not isinstance(roles, list) or not roles or not all(isinstance(r, str) and r.strip() for r in roles) \
+                or len(set(roles)) != len(roles):
+            raise ConfigError(f"{where}: key 'roles' must be a non-empty list of distinct role names")
+        required = table.get("required", roles)
+        if not isinstance(required, list) or not set(required) <= set(roles) or not required:
+            raise ConfigError(f"{where}: key 'required' must be a non-empty list of some of the roles {roles}")
+        missing = table.get("missing", "wait")
+        if missing not in MISSING_POLICIES:
+            raise ConfigError(f"{where}: key 'missing' must be one of {list(MISSING_POLICIES)}, found {missing!r}")
+        wait = table.get("wait_seconds", 300.0)
+        if isinstance(wait, bool) or not isinstance(wait, int | float) or wait < 0:
+            raise ConfigError(f"{where}: key 'wait_seconds' must be a non-negative number, found {wait!r}")
+        enabled = table.get("enabled", True)
+        if not isinstance(enabled, bool):
+            raise ConfigError(f"{where}: key 'enabled' must be true or false, found {enabled!r}")
+        replaces = table.get("replaces", [])
+        if not isinstance(replaces, list) or not all(isinstance(r, str) and r.strip() for r in replaces):
+            raise ConfigError(f"{where}: key 'replaces' must be a list of pipeline names, found {replaces!r}")
+        if enabled:
+            out[pipeline] = StudySpec(pipeline=pipeline, roles=tuple(roles),
+                                      required=tuple(r for r in roles if r in required), missing=missing,
+                                      wait_seconds=float(wait), replaces=tuple(replaces))
+    return out
 
 
 def _parse_rule(raw: Any, *, where: str, known: frozenset[str] | None) -> Rule | None:
@@ -198,6 +327,30 @@ def _parse_rule(raw: Any, *, where: str, known: frozenset[str] | None) -> Rule |
         raise ConfigError(f"{where}: key 'orientation': {sorted(o.lower() for o in bad)} not in {list(ORIENTATIONS)}")
     if "orientation" in values:
         values["orientation"] = tuple(o.lower() for o in values["orientation"])
+    for key in _SEQ_LIST_KEYS:
+        if key in raw:
+            values[key] = _str_list(raw[key], where=where, key=key)
+    times: list[tuple[str, float | None, float | None]] = []
+    for attribute in ("repetition_time", "echo_time", "inversion_time"):
+        bounds = []
+        for side in ("min", "max"):
+            key = f"{side}_{attribute}"
+            value = raw.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0):
+                raise ConfigError(f"{where}: key {key!r} must be a non-negative number of ms, found {value!r}")
+            bounds.append(None if value is None else float(value))
+        if bounds != [None, None]:
+            times.append((attribute, bounds[0], bounds[1]))
+    if times:
+        values["times"] = tuple(times)
+    if "role" in raw:
+        if not isinstance(raw["role"], str) or not raw["role"].strip():
+            raise ConfigError(f"{where}: key 'role' must be a non-empty string")
+        values["role"] = raw["role"].strip().lower()
+    if "contrast" in raw:
+        if not isinstance(raw["contrast"], bool):
+            raise ConfigError(f"{where}: key 'contrast' must be true or false, found {raw['contrast']!r}")
+        values["contrast"] = raw["contrast"]
     if values.get("max_slices") is not None and values["max_slices"] < values.get("min_slices", 0):
         raise ConfigError(f"{where}: key 'max_slices' is less than 'min_slices'")
     if not enabled:

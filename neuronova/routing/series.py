@@ -20,7 +20,25 @@ from neuronova.store import InstanceStore
 log = logging.getLogger(__name__)
 
 _HEADER_TAGS = ["ImageType", "ImageOrientationPatient", "ImagePositionPatient", "NumberOfFrames",
-                "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence", "PixelSpacing", "SliceThickness"]
+                "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence", "PixelSpacing", "SliceThickness",
+                "ContrastBolusAgent", "ScanningSequence", "SequenceVariant", "RepetitionTime", "EchoTime",
+                "InversionTime"]
+
+
+def _values(ds: Any, keyword: str) -> tuple[str, ...]:
+    raw = ds.get(keyword)
+    if not raw:
+        return ()
+    values = [raw] if isinstance(raw, str) else list(raw)
+    return tuple(str(v).strip().upper() for v in values if str(v).strip())
+
+
+def _ms(ds: Any, keyword: str) -> float | None:
+    raw = ds.get(keyword)
+    try:
+        return float(raw) if raw not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
 
 
 def series_info(store: InstanceStore, row: Mapping[str, Any]) -> SeriesInfo:
@@ -29,6 +47,7 @@ def series_info(store: InstanceStore, row: Mapping[str, Any]) -> SeriesInfo:
     count = int(row["instance_count"] or 0)
     image_type: tuple[str, ...] = ()
     orientation: str | None = None
+    sequence: dict[str, Any] = {}
     instances = store.index.instances_of_series(series_uid)
     if instances:
         path = store.instances_dir / instances[0]["path"]
@@ -49,6 +68,11 @@ def series_info(store: InstanceStore, row: Mapping[str, Any]) -> SeriesInfo:
                     orientation = None
             if count == 1 and int(ds.get("NumberOfFrames", 1) or 1) > 1:
                 count = int(ds.NumberOfFrames)
+            sequence = {"contrast_agent": str(ds.get("ContrastBolusAgent", "") or ""),
+                        "scanning_sequence": _values(ds, "ScanningSequence"),
+                        "sequence_variant": _values(ds, "SequenceVariant"),
+                        "repetition_time": _ms(ds, "RepetitionTime"), "echo_time": _ms(ds, "EchoTime"),
+                        "inversion_time": _ms(ds, "InversionTime")}
     return SeriesInfo(series_uid=series_uid, modality=str(row["modality"] or ""),
                       series_description=str(row["series_description"] or ""), body_part=str(row["body_part"] or ""),
-                      image_type=image_type, orientation=orientation, slice_count=count)
+                      image_type=image_type, orientation=orientation, slice_count=count, **sequence)

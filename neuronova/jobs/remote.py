@@ -32,7 +32,7 @@ import httpx
 
 from neuronova.config import Settings
 from neuronova.errors import ConfigError, NeuroNovaError
-from neuronova.jobs.model import Job
+from neuronova.jobs.model import Job, StudyInputs
 from neuronova.store import InstanceStore
 
 log = logging.getLogger(__name__)
@@ -114,10 +114,10 @@ class RemoteNode:
 
     # --- inputs -----------------------------------------------------------------------------------------------
     def input_series(self, job: Job) -> list[str]:
-        """The series a job reads: its role series where it has them, else its one series."""
-        roles = getattr(job, "role_series", None) or getattr(job, "inputs", None)
-        if isinstance(roles, dict) and roles:
-            return list(dict.fromkeys(str(v) for v in roles.values()))
+        """The series a job reads: each role's series for a study job, else its one series."""
+        inputs = StudyInputs.decode(job.input_fingerprint or "")
+        if inputs is not None and inputs.roles:
+            return list(dict.fromkeys([job.series_uid, *(uid for _, uid in inputs.roles)]))
         return [job.series_uid]
 
     def fetch_inputs(self, job: Job) -> int:

@@ -11,7 +11,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -53,6 +53,13 @@ class Settings(BaseModel):
     #: A C-STORE or STOW-RS that repeats a SOP Instance UID with different content: "reject" keeps the
     #: stored instance and answers a failure; "replace" stores the new one.
     duplicate_policy: str = "reject"
+    #: An instance whose SeriesInstanceUID is already in another study, or whose PatientID (or
+    #: IssuerOfPatientID, where both are present) contradicts its study's stored instances: "reject" answers
+    #: a failure (C-STORE 0xC213, STOW-RS FailureReason 0xC213); "accept" stores it.
+    identity_policy: Literal["reject", "accept"] = "reject"
+    #: Largest decoded pixel size an instance may declare (Rows x Columns x Frames x Samples x Bits Allocated,
+    #: also for compressed data: decompression bombs are refused with 0xA700).
+    max_decoded_bytes: int = Field(2 * 1024**3, gt=0)
 
     # Jobs
     queue_url: str | None = None

@@ -10,7 +10,7 @@ nothing else changes hands.
 
 Scope, and what it answers (PS3.7 9.3, PS3.8 9.3):
 - C-STORE-RQ: the instance is stored (fsync'd and indexed) before the C-STORE-RSP; statuses as
-  ``handlers.store_status``. C-ECHO-RQ: success. C-CANCEL-RQ: ignored (a C-STORE cannot be cancelled).
+  ``handlers.store_answer`` (with its Error Comment). C-ECHO-RQ: success. C-CANCEL-RQ: ignored (a C-STORE cannot be cancelled).
 - Any other command, a PDV on a context that was not accepted, a dataset without its command, a PDU too
   large or of an unexpected type: A-ABORT (source: service provider), as pynetdicom does for invalid data.
 - A-RELEASE-RQ: A-RELEASE-RP. A-ABORT or a closed connection: the association ends.
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from neuronova.errors import InvalidDicom, NeuroNovaError
-from neuronova.scp_listener.handlers import CANNOT_UNDERSTAND, SUCCESS, store_status
+from neuronova.scp_listener.handlers import CANNOT_UNDERSTAND, SUCCESS, store_answer
 from neuronova.store import InstanceStore, StoreResult, TmpInstance
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ C_STORE_RQ, C_STORE_RSP, C_ECHO_RQ, C_ECHO_RSP, C_CANCEL_RQ = 0x0001, 0x8001, 0x
 NO_DATASET = 0x0101
 TAG_SOP_CLASS, TAG_COMMAND, TAG_MSG_ID, TAG_MSG_ID_RSP = 0x00000002, 0x00000100, 0x00000110, 0x00000120
 TAG_DATASET_TYPE, TAG_STATUS, TAG_SOP_INSTANCE = 0x00000800, 0x00000900, 0x00001000
+TAG_ERROR_COMMENT = 0x00000902
 # A-ABORT reasons with source 2 (service provider): 0 not specified, 1 unrecognised PDU, 2 unexpected PDU,
 # 6 invalid PDU parameter value.
 ABORT_UNSPECIFIED, ABORT_UNEXPECTED_PDU, ABORT_INVALID_PARAMETER = 0, 2, 6
@@ -116,10 +117,13 @@ def encode_command(elements: list[tuple[int, bytes]]) -> bytes:
     return struct.pack("<HHLL", 0, 0, 4, len(body)) + body
 
 
-def response(*, field: int, sop_class: bytes, message_id: int, status: int, sop_instance: bytes | None) -> bytes:
+def response(*, field: int, sop_class: bytes, message_id: int, status: int, sop_instance: bytes | None,
+             comment: str = "") -> bytes:
     elements = [(TAG_SOP_CLASS, _pad(sop_class, b"\0")), (TAG_COMMAND, struct.pack("<H", field)),
                 (TAG_MSG_ID_RSP, struct.pack("<H", message_id)), (TAG_DATASET_TYPE, struct.pack("<H", NO_DATASET)),
                 (TAG_STATUS, struct.pack("<H", status))]
+    if comment:  # Error Comment (LO), for a failure or warning
+        elements.append((TAG_ERROR_COMMENT, _pad(comment.encode("ascii", errors="replace"), b" ")))
     if sop_instance is not None:
         elements.append((TAG_SOP_INSTANCE, _pad(sop_instance, b"\0")))
     return encode_command(elements)
@@ -322,19 +326,19 @@ class DataPhase:
                 raise refusal or InvalidDicom("the dataset could not be received")
             return self.store.commit(tmp)
 
-        status = store_status(commit, sop_class=_text(command.get(TAG_SOP_CLASS)),
+        answer = store_answer(commit, sop_class=_text(command.get(TAG_SOP_CLASS)),
                               sop_instance=_text(command.get(TAG_SOP_INSTANCE)), calling_ae=self.calling_ae,
                               on_stored=self.on_stored)
-        if status == SUCCESS:
+        if answer.status == SUCCESS or answer.status & 0xF000 == 0xB000:
             self.stored += 1
-        self._respond_store(context_id, command, status)
+        self._respond_store(context_id, command, answer.status, answer.comment)
 
-    def _respond_store(self, context_id: int, command: dict[int, bytes], status: int) -> None:
+    def _respond_store(self, context_id: int, command: dict[int, bytes], status: int, comment: str = "") -> None:
         message_id = _us(command, TAG_MSG_ID)
         assert message_id is not None
         self._send(p_data_command(context_id, response(
             field=C_STORE_RSP, sop_class=command.get(TAG_SOP_CLASS, b"").rstrip(b"\0 "), message_id=message_id,
-            status=status, sop_instance=command.get(TAG_SOP_INSTANCE, b"").rstrip(b"\0 "))))
+            status=status, sop_instance=command.get(TAG_SOP_INSTANCE, b"").rstrip(b"\0 "), comment=comment)))
 
 
 def _text(value: bytes | None) -> str:

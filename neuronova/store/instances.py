@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from neuronova.errors import (
     DuplicateConflict,
@@ -46,6 +46,9 @@ from neuronova.store.compare import same_data_set
 from neuronova.store.index import Index
 from neuronova.store.scan import ScannedInstance, scan_part10
 from neuronova.store.uids import validate_uid
+
+if TYPE_CHECKING:
+    from neuronova.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -274,6 +277,7 @@ class InstanceStore:
         self.index = Index(self.root / "index.sqlite3")
         # The index file and the directories made above must not vanish in a power cut.
         _fsync_dir(self.root)
+        _fsync_dir(self.root.parent)
         self.duplicate_policy = duplicate_policy
         self.identity_policy = identity_policy
         self.max_decoded_bytes = max_decoded_bytes
@@ -295,6 +299,12 @@ class InstanceStore:
             from neuronova.store.reconcile import reconcile as _reconcile
 
             _reconcile(self)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> InstanceStore:
+        """The store the settings describe (data directory, duplicate and identity policies, decoded-size bound)."""
+        return cls(settings.data_dir, duplicate_policy=settings.duplicate_policy,
+                   identity_policy=settings.identity_policy, max_decoded_bytes=settings.max_decoded_bytes)
 
     def close(self) -> None:
         self._syncer.shutdown(wait=True)

@@ -93,12 +93,25 @@ def test_series_description_warns_for_demo_weights_within_64_characters():
         ("non-enhancing tumour", nn_codes.NON_ENHANCING),
         ("necrotic core", nn_codes.NECROSIS),
         ("peritumoral oedema", nn_codes.EDEMA),
-        ("whole tumor", nn_codes.NEOPLASM),
+        ("whole tumor", nn_codes.WHOLE_TUMOUR),
+        ("WT", nn_codes.WHOLE_TUMOUR),
+        ("tumour core", nn_codes.TUMOUR_CORE),
+        ("TC", nn_codes.TUMOUR_CORE),
+        ("ET", nn_codes.ENHANCING_TUMOUR),
+        ("necrotic and non-enhancing tumour core", nn_codes.NON_ENHANCING),  # BraTS label 1, not the core region
         ("something else", nn_codes.NEOPLASM),
     ],
 )
 def test_segment_types_come_from_label_names(name, code):
     assert nn_codes.segment_type(name) == code
+
+
+def test_region_codes_are_distinct_and_from_cid_7151():
+    region_codes = [nn_codes.TUMOUR_CORE, nn_codes.WHOLE_TUMOUR, nn_codes.ENHANCING_TUMOUR]
+    assert len({(c.scheme_designator, c.value) for c in region_codes}) == 3
+    cid7151 = {(getattr(codes.cid7151, k).scheme_designator, getattr(codes.cid7151, k).value)
+               for k in codes.cid7151.dir()}
+    assert all((c.scheme_designator, c.value) in cid7151 for c in region_codes)
 
 
 def test_class_findings_are_real_snomed_codes():
@@ -108,6 +121,8 @@ def test_class_findings_are_real_snomed_codes():
     assert nn_codes.class_finding("No Tumor") == codes.DCM.NoAbnormality
     assert nn_codes.class_finding("notumor") == codes.DCM.NoAbnormality
     assert nn_codes.class_finding("odd", {"odd": codes.SCT.Neoplasm}) == codes.SCT.Neoplasm
+    assert nn_codes.class_finding("indeterminate") == nn_codes.INDETERMINATE
+    assert (nn_codes.INDETERMINATE.value, nn_codes.INDETERMINATE.meaning) == ("280416009", "Indeterminate result")
     with pytest.raises(ValueError, match="'schwannoma'"):
         nn_codes.class_finding("schwannoma")
 

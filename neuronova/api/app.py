@@ -19,6 +19,7 @@ from neuronova.dicomweb.stow import router as stow_router
 from neuronova.metrics.observe import observe_study_stable
 from neuronova.metrics.routes import router as metrics_router
 from neuronova.store import InstanceStore, StoreResult
+from neuronova.web.routes import router as web_router
 
 
 def create_app(
@@ -53,6 +54,7 @@ def create_app(
     _include_optional(app, "neuronova.predict.routes", [])  # its routes declare auth and rate limits themselves
     app.include_router(metrics_router,
                        dependencies=[] if settings.metrics_public else [Depends(require_token_rate_limited)])
+    app.include_router(web_router)  # the status page checks its session cookie (or bearer header) itself
     watcher = getattr(app.state, "watcher", None)
     if watcher is not None:  # subscribed after the job router: counts generations whose jobs were created
         watcher.subscribe(observe_study_stable)

@@ -14,6 +14,7 @@ Fixed seeds and two torch threads make a run repeatable on one machine.
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import math
 import time
@@ -27,7 +28,7 @@ from monai.losses import DiceCELoss
 from tqdm import tqdm
 
 from neuronova.models import architectures
-from neuronova.models.metadata import Architecture, ModelMetadata, write_metadata
+from neuronova.models.metadata import Architecture, ModelMetadata, read_metadata, write_metadata
 from neuronova.models.train_demo import INTENDED_USE, _framework, _write_network
 from neuronova.phantoms.head import TUMOUR_LABELS
 from neuronova.phantoms.study import Acquisition, degrade, make_world, sample
@@ -210,6 +211,61 @@ def heldout_seeds(seed: int = 0, n: int = 9) -> list[int]:
     return [_HELDOUT_BASE + seed * 1000 + i for i in range(n)]
 
 
+def _dice(a: np.ndarray, b: np.ndarray) -> float | None:
+    total = int(a.sum()) + int(b.sum())
+    return None if total == 0 else 2.0 * int((a & b).sum()) / total
+
+
+def evaluate(model_dir: Path, *, seed: int = 0, n: int = 9, tumour_free: int = 3) -> dict[str, Any]:
+    """Held-out quality through the production path (DICOM series -> volumes -> physical space -> model ->
+    labels on the reference series): Dice per study against the ground truth sampled on the reference grid,
+    and the mL found in tumour-free heads."""
+    from neuronova.models.metadata import read_metadata, verify_files
+    from neuronova.models.multiseq import StudySegmentationModel
+    from neuronova.phantoms.study import make_study
+    from neuronova.pipelines.mri_tumour_study import segment_study
+    from neuronova.pipelines.volume import load_series
+
+    metadata = read_metadata(model_dir)
+    verify_files(model_dir, metadata)
+    model = StudySegmentationModel(model_dir, metadata, device="cpu")
+    model.warmup()
+    protocols = heldout_protocols()
+    cases: list[dict[str, Any]] = []
+    seeds = heldout_seeds(seed, n + tumour_free)
+    for i, study_seed in enumerate(tqdm(seeds, desc=f"{MODEL_ID}: held-out", leave=False)):
+        free = i >= n
+        study = make_study(study_seed, protocol=protocols[i % len(protocols)], n_tumours=0 if free else 1 + i % 3)
+        volumes = {role: load_series(s.datasets) for role, s in study.series.items()}
+        result = segment_study(volumes, model)
+        truth = study.series[result.model_input.reference_role].labels
+        labels = result.labels
+        assert labels is not None
+        case: dict[str, Any] = {"seed": study_seed, "protocol": i % len(protocols),
+                                "reference": result.model_input.reference_role,
+                                "kinds": [t.kind for t in study.tumours], "volumes_ml": result.volumes_ml,
+                                "seconds": round(result.inference_seconds, 2)}
+        if not free:
+            case["dice_whole_tumour"] = _dice(labels > 0, truth > 0)
+            case["dice_enhancing"] = _dice(labels == 1, truth == 1)
+            case["dice_necrotic"] = _dice(labels == 2, truth == 2)
+            case["dice_edema"] = _dice(labels == 3, truth == 3)
+        cases.append(case)
+
+    def mean(key: str) -> float:
+        values = [c[key] for c in cases if c.get(key) is not None]
+        return round(float(np.mean(values)), 4)
+
+    return {
+        "heldout_studies": n, "tumour_free_studies": tumour_free,
+        "dice_whole_tumour_mean": mean("dice_whole_tumour"), "dice_enhancing_mean": mean("dice_enhancing"),
+        "dice_necrotic_mean": mean("dice_necrotic"), "dice_edema_mean": mean("dice_edema"),
+        "dice_whole_tumour_min": round(min(c["dice_whole_tumour"] for c in cases if "dice_whole_tumour" in c), 4),
+        "tumour_free_whole_tumour_ml": [c["volumes_ml"]["whole tumour"] for c in cases[n:]],
+        "cases": cases,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     import argparse
 
@@ -217,8 +273,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("out_dir", type=Path, help="models directory; the model goes to <out_dir>/" + MODEL_ID)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="a few steps (tests)")
+    parser.add_argument("--evaluate-only", action="store_true", help="measure an already trained model")
     args = parser.parse_args(argv)
-    train(args.out_dir / MODEL_ID, seed=args.seed, quick=args.quick)
+    model_dir = args.out_dir / MODEL_ID
+    if not args.evaluate_only:
+        train(model_dir, seed=args.seed, quick=args.quick)
+    if args.quick:
+        return
+    metrics = evaluate(model_dir, seed=args.seed)
+    metadata = read_metadata(model_dir)
+    metadata.metrics = {**metadata.metrics, **{k: v for k, v in metrics.items() if k != "cases"}}
+    write_metadata(model_dir, metadata)
+    print(json.dumps(metrics, indent=1))
 
 
 if __name__ == "__main__":

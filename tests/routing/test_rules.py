@@ -3,6 +3,8 @@ from the store (orientation from ImageOrientationPatient, ImageType from the fir
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from pathlib import Path
 
 import pytest
@@ -21,11 +23,12 @@ MR_AXIAL_T1 = SeriesInfo("1.2.3", modality="MR", series_description="AX T1 POST 
 
 def test_default_rules_load_and_route_the_intended_series() -> None:
     rules = load_rules()
-    assert rules.pipeline_names == {"mri_segmentation", "ct_classification"}
+    assert rules.pipeline_names == {"mri_segmentation", "mri_tumour_study", "ct_classification"}
     assert rules.route(MR_AXIAL_T1).pipelines == ("mri_segmentation",)
     sagittal = SeriesInfo("1.2.4", modality="MR", series_description="SAG T1 MPRAGE", orientation="sagittal",
                           slice_count=176)
-    assert rules.route(sagittal).pipelines == ()
+    assert rules.route(sagittal).pipelines == ()  # the single-series model is axial; the study pipeline takes it
+    assert rules.route(sagittal).roles == {"mri_tumour_study": "t1"}
     localizer = SeriesInfo("1.2.5", modality="MR", series_description="3-plane localizer T1", orientation="axial",
                            slice_count=30)
     assert rules.route(localizer).pipelines == ()
@@ -141,6 +144,9 @@ def test_series_info_reads_orientation_and_image_type_from_the_store(tmp_path: P
             store.put(encode(ds))
         [row] = store.index.series_of_study(datasets[0].StudyInstanceUID)
         info = series_info(store, row)
+        assert info.scanning_sequence == (str(datasets[0].ScanningSequence).upper(),)  # sequence attributes too
+        assert info.echo_time == float(datasets[0].EchoTime) and info.contrast_agent == ""
+        info = replace(info, scanning_sequence=(), sequence_variant=(), repetition_time=None, echo_time=None)
         assert info == SeriesInfo(series_uid=datasets[0].SeriesInstanceUID, modality="MR",
                                   series_description="SAG T1", body_part="HEAD",
                                   image_type=("DERIVED", "SECONDARY", "MPR"), orientation="sagittal", slice_count=3)

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
 _PIXEL_TAGS = {0x7FE00008, 0x7FE00009, 0x7FE00010}
+_TRAILING_PADDING = 0xFFFCFFFC
 
 
 def _same_tail(a: BinaryIO, a_offset: int, b: BinaryIO, b_offset: int) -> bool:
@@ -62,7 +63,9 @@ def same_data_set(new: BinaryIO, scanned: ScannedInstance, stored: Path) -> bool
 
 
 def _same(a: Dataset, b: Dataset, *, same_syntax: bool, top: bool = False) -> bool:
-    tags = {t for t in a.keys() if t.element != 0} | {t for t in b.keys() if t.element != 0}  # no group lengths
+    # Group lengths and Data Set Trailing Padding carry no content (senders drop or add them: dcmtk drops the
+    # padding when it sends a file).
+    tags = {t for t in (*a.keys(), *b.keys()) if t.element != 0 and t != _TRAILING_PADDING}
     pixels_differ = False
     for tag in tags:
         if tag not in a or tag not in b:

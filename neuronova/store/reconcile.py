@@ -60,6 +60,8 @@ def _dirs(parent: Path) -> list[Path]:
 def _one(store: InstanceStore, path: Path, rel: str) -> str:
     uid = path.name[:-4]
     row = store.index.instance(uid)
+    if row is not None and row["path"] == rel:  # indexed meanwhile (another process committed it)
+        return "indexed"
     if row is not None and row["path"] != rel:
         log.info("removing the old copy of instance %s, which moved to another series", uid)
         return _remove(path)

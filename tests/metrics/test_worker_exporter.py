@@ -11,10 +11,13 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from neuronova.api.auth import mint_token
 from tests.conftest import get_port
+
+pytestmark = pytest.mark.slow  # a worker process imports torch and the model stack before it listens
 
 
 def test_worker_serves_its_metrics_with_the_token(tmp_path: Path) -> None:

@@ -128,6 +128,13 @@ def test_page_in_headless_chromium(processed: dict[str, Any], tmp_path: Path) ->
     # deliveries per destination: every result sent
     assert re.search(rf"dimse://DEST@127\.0\.0\.1:\d+</code>: {len(job['results'])} sent", dom), dom[:4000]
 
+    # the list of recent studies, in the same browser session (the cookie is in the profile)
+    index_shot = tmp_path / "index.png"
+    chromium([f"--screenshot={index_shot}", "--window-size=1400,700", f"{node.url}/ui/"], tmp_path / "profile")
+    assert index_shot.is_file()
+    index = chromium(["--dump-dom", f"{node.url}/ui/"], tmp_path / "profile").stdout
+    assert f'href="/ui/studies/{study_uid}"' in index and "1 done" in index
+
 
 def test_login_cookie_thumbnails_and_rerun(processed: dict[str, Any]) -> None:
     node, study_uid, job = processed["node"], processed["study_uid"], processed["job"]

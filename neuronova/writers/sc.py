@@ -1,6 +1,7 @@
 """Secondary Capture overlays (heatmaps, outlines) of a source slice, as RGB SC images.
 
-``render_overlay`` makes the picture (windowed grey image, jet heatmap, segmentation outline, a note);
+``render_overlay`` makes the picture (windowed grey image, jet heatmap that is transparent where low and
+lets the anatomy show through where high, segmentation outline, a note);
 ``write_overlay`` wraps it in a highdicom SCImage that references its source slice and, for demo
 weights, carries a burned-in "NOT FOR CLINICAL USE".
 """
@@ -24,6 +25,7 @@ from neuronova.writers.common import (
     equipment_kwargs,
     series_description as make_series_description,
 )
+from neuronova.xai.images import OVERLAY_ALPHA, blend_heatmap
 
 logger = logging.getLogger(__name__)
 
@@ -88,14 +90,14 @@ def render_overlay(
     *,
     window: tuple[float, float] | None = None,
     note: str | None = None,
-    alpha: float = 0.4,
+    alpha: float = OVERLAY_ALPHA,
 ) -> np.ndarray:
     """An RGB uint8 picture: the windowed grey slice, a jet heatmap blended over it, the mask outline.
 
     ``heat`` holds values in [0, 1] (Grad-CAM style) and ``outline_mask`` booleans, both shaped like
-    ``gray2d``. ``note`` is written at the bottom.
+    ``gray2d``. The heatmap's opacity rises from 0 (heat at or below 0.2) to ``alpha`` at heat 1
+    (neuronova.xai.images.blend_heatmap), so the grey image stays readable. ``note`` is written at the bottom.
     """
-    from matplotlib import colormaps  # no pyplot: no GUI backend, no global state
     from scipy import ndimage
 
     gray2d = _check_image("gray2d", gray2d, ndim=2)
@@ -111,8 +113,7 @@ def render_overlay(
             raise ValueError(f"heat must have the shape of gray2d {gray2d.shape}, found {heat.shape}")
         if not np.isfinite(heat).all() or heat.min() < 0.0 or heat.max() > 1.0:
             raise ValueError(f"heat must hold finite values in [0, 1], found [{np.nanmin(heat)}, {np.nanmax(heat)}]")
-        coloured = colormaps["jet"](heat.astype(np.float64))[..., :3]
-        rgb = (1.0 - alpha) * rgb + alpha * coloured
+        rgb = blend_heatmap(rgb, heat, alpha=alpha)
     out = np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
     if outline_mask is not None:
         outline_mask = _check_image("outline_mask", outline_mask, ndim=2)

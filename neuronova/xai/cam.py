@@ -20,6 +20,9 @@ weighting and normalisation, and changes only what costs time or breaks sharing:
 * For 3-D maps the library upsamples with a cubic spline (``scipy.ndimage.zoom``: 0.4 s from 16-cubed
   to 128-cubed here, and it overshoots [0, 1]); ``native_resolution=True`` returns the map at the target
   layer's size so that the caller can upsample with trilinear interpolation.
+* The library min-max normalises every map on its own. ``normalise=False`` returns the raw
+  ``ReLU(sum_k w_k A_k)`` instead, in the score's units: maps of several sliding windows explain parts of one
+  score and can be blended only if none was stretched to [0, 1] by itself (xai/sliding.py).
 """
 
 from __future__ import annotations
@@ -59,7 +62,8 @@ class OnePassGradCAM(GradCAM):
     ``__exit__`` swallows IndexError, this class's does not.
     """
 
-    def __init__(self, model: torch.nn.Module, target_layer: torch.nn.Module, *, native_resolution: bool = False) -> None:
+    def __init__(self, model: torch.nn.Module, target_layer: torch.nn.Module, *, native_resolution: bool = False,
+                 normalise: bool = True) -> None:
         if not isinstance(model, torch.nn.Module) or not isinstance(target_layer, torch.nn.Module):
             raise TypeError(
                 f"model and target_layer must be torch.nn.Module, got {type(model).__name__} and {type(target_layer).__name__}"
@@ -69,6 +73,7 @@ class OnePassGradCAM(GradCAM):
         self._owner = threading.get_ident()
         self._fired = False
         self.native_resolution = native_resolution
+        self.normalise = normalise
         # Registered first, so the library's hooks (registered next) see the cut tensor.
         self._cut_handle = target_layer.register_forward_hook(self._cut_graph)
         try:
@@ -94,8 +99,23 @@ class OnePassGradCAM(GradCAM):
         # None makes the library's scale_cam_image normalise without resizing.
         return None if self.native_resolution else super().get_target_width_height(input_tensor)
 
+    def compute_cam_per_layer(self, input_tensor: torch.Tensor, targets: list[Any], eigen_smooth: bool) -> Any:
+        if self.normalise:
+            return super().compute_cam_per_layer(input_tensor, targets, eigen_smooth)
+        # The library's computation without its scale_cam_image (one target layer, detached tensors).
+        (activations,) = [a.cpu().data.numpy() for a in self.activations_and_grads.activations]
+        (gradients,) = [g.cpu().data.numpy() for g in self.activations_and_grads.gradients]
+        cam = self.get_cam_image(input_tensor, self.target_layers[0], targets, activations, gradients, eigen_smooth)
+        return [np.maximum(cam, 0)[:, None]]
+
+    def aggregate_multi_layers(self, cam_per_target_layer: Any) -> np.ndarray:
+        if self.normalise:
+            return super().aggregate_multi_layers(cam_per_target_layer)
+        return np.asarray(cam_per_target_layer[0][:, 0], dtype=np.float32)
+
     def run(self, input_tensor: torch.Tensor, targets: Sequence[Any]) -> tuple[np.ndarray, torch.Tensor]:
-        """One forward and one backward: (CAMs (N, *spatial) float32 in [0, 1], model outputs, detached)."""
+        """One forward and one backward: (CAMs (N, *spatial) float32, in [0, 1] unless ``normalise=False``,
+        model outputs, detached)."""
         self._fired = False
         with torch.inference_mode(False), torch.no_grad():
             cams = self(input_tensor, list(targets))

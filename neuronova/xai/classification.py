@@ -2,6 +2,10 @@
 
 The functions take any ``torch.nn.Module`` that maps a preprocessed (N, C, H, W) tensor to (N, K) logits,
 and the layer to explain (usually the last convolutional block: ``model.layer4`` for a ResNet).
+
+The heatmap is restricted to the body seen in the input itself (body.py: no weight on the air around the
+head, the pad of a pad-to-square) and rescaled so that its hottest pixel inside the body is 1: the hottest
+region is the one that drove the explained class, whatever the network made of the background.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from neuronova.xai.budget import model_lock, run_with_budget
+from neuronova.xai.body import body_mask, restrict_to_body
+from neuronova.xai.budget import checkpoint, model_lock, run_with_budget
 from neuronova.xai.cam import OnePassGradCAM, layer_name
 
 log = logging.getLogger(__name__)
@@ -32,6 +37,8 @@ class ClassificationExplanation:
     target_class: int  #: the class the heatmap explains (the predicted one unless another was asked for)
     heatmap: np.ndarray  #: (H, W) float32 in [0, 1] at the input's resolution; all zero if no evidence
     layer: str  #: dotted name of the explained layer in the model
+    #: where the heatmap may be non-zero: the body found in the input (all True when not restricted)
+    body: np.ndarray | None = None
     method: str = METHOD
 
     @property
@@ -66,16 +73,19 @@ def explain_classification(
     *,
     target_class: int | None = None,
     time_budget_s: float | None = None,
+    restrict_body: bool = True,
 ) -> ClassificationExplanation:
     """Predict one image and explain ``target_class`` (default: the predicted class) with Grad-CAM.
 
     ``input_tensor`` is the preprocessed (1, C, H, W) batch the model expects. Raises XAIGenerationError
     when the budget runs out or anything fails; TypeError/ValueError for a malformed input.
+    ``restrict_body=False`` keeps the library's map over the whole input (for comparison and tests).
     """
     if input_tensor.ndim != 4 or input_tensor.shape[0] != 1:
         raise ValueError(f"expected a (1, C, H, W) tensor, got shape {tuple(input_tensor.shape)}")
     return explain_classification_batch(
-        model, target_layer, input_tensor, target_classes=[target_class], time_budget_s=time_budget_s
+        model, target_layer, input_tensor, target_classes=[target_class], time_budget_s=time_budget_s,
+        restrict_body=restrict_body,
     )[0]
 
 
@@ -86,6 +96,7 @@ def explain_classification_batch(
     *,
     target_classes: Sequence[int | None] | None = None,
     time_budget_s: float | None = None,
+    restrict_body: bool = True,
 ) -> list[ClassificationExplanation]:
     """Predict and explain a (N, C, H, W) batch in one forward and one backward.
 
@@ -111,14 +122,18 @@ def explain_classification_batch(
         if logits.ndim != 2 or logits.shape[1] < 2:
             raise ValueError(f"a classifier must output (N, K>=2) logits, got {tuple(logits.shape)}")
         probabilities = torch.softmax(logits, dim=1).numpy()
+        checkpoint()
+        images = input_tensor.detach().float().mean(dim=1).cpu().numpy()  # the channels' mean: one grey image
+        bodies = [body_mask(images[i]) if restrict_body else np.ones(images[i].shape, bool) for i in range(n)]
         result = [
             ClassificationExplanation(
                 logits=logits[i].numpy().copy(),
                 probabilities=probabilities[i].copy(),
                 predicted_class=int(logits[i].argmax()),
                 target_class=int(targets[i].chosen),  # type: ignore[arg-type]  # set by the backward
-                heatmap=heatmaps[i].copy(),  # not a view that keeps the whole batch alive
+                heatmap=restrict_to_body(heatmaps[i], bodies[i]) if restrict_body else heatmaps[i].copy(),
                 layer=name,
+                body=bodies[i],
             )
             for i in range(n)
         ]

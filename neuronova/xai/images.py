@@ -2,6 +2,12 @@
 
 Colour maps come from matplotlib's registry, not pyplot, so nothing here touches pyplot's global state
 and every function is safe to call from several threads.
+
+Overlays keep the anatomy readable (:func:`blend_heatmap`): the colour's opacity grows with the heat, from
+transparent at and below ``OVERLAY_FLOOR`` to ``alpha`` at the peak, so the grey image shows unchanged where
+the map is low and still shows through where it is hot. A uniform blend (the usual ``0.6 * image + 0.4 *
+jet``) tints the whole picture blue and dims the grey image everywhere, including where nothing drove the
+result. The DICOM secondary captures (writers/sc.py) and the predict API's PNGs use this same blend.
 """
 
 from __future__ import annotations
@@ -15,6 +21,38 @@ from PIL import Image
 from scipy import ndimage
 
 DEFAULT_COLORMAP = "jet"
+#: Opacity of the colour at the hottest pixel: the grey image keeps 40 % there.
+OVERLAY_ALPHA = 0.6
+#: Heat at and below which the overlay is fully transparent.
+OVERLAY_FLOOR = 0.2
+
+
+def blend_heatmap(
+    grey: np.ndarray,
+    heatmap: np.ndarray,
+    *,
+    alpha: float = OVERLAY_ALPHA,
+    floor: float = OVERLAY_FLOOR,
+    colormap: str = DEFAULT_COLORMAP,
+) -> np.ndarray:
+    """A colour-mapped heatmap over an image, its opacity rising with the heat: (H, W, 3) float in [0, 1].
+
+    ``grey`` is (H, W) or (H, W, 3) float in [0, 1]; ``heatmap`` (H, W) in [0, 1]. Per pixel the opacity is
+    ``alpha * (heat - floor) / (1 - floor)``, 0 at and below ``floor``.
+    """
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if not 0 <= floor < 1:
+        raise ValueError(f"floor must be in [0, 1), got {floor}")
+    heat = _check_heatmap(heatmap)
+    base = np.asarray(grey, dtype=np.float64)
+    if base.ndim == 2:
+        base = np.repeat(base[..., None], 3, axis=2)
+    if base.shape != (*heat.shape, 3):
+        raise ValueError(f"image shape {np.shape(grey)} does not match the heatmap's {heat.shape}")
+    colour = matplotlib.colormaps[colormap](heat.astype(np.float64))[..., :3]
+    opacity = alpha * np.clip((heat.astype(np.float64) - floor) / (1.0 - floor), 0.0, 1.0)[..., None]
+    return np.clip((1.0 - opacity) * base + opacity * colour, 0.0, 1.0)
 
 
 def resize_heatmap(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -39,9 +77,10 @@ def heatmap_rgb(heatmap: np.ndarray, *, colormap: str = DEFAULT_COLORMAP) -> np.
 
 
 def overlay_rgb(
-    image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.4, colormap: str = DEFAULT_COLORMAP
+    image: np.ndarray, heatmap: np.ndarray, *, alpha: float = OVERLAY_ALPHA, colormap: str = DEFAULT_COLORMAP
 ) -> np.ndarray:
-    """Blend a colour-mapped heatmap over an image: ``(1 - alpha) * image + alpha * colour``, (H, W, 3) uint8.
+    """A colour-mapped heatmap over an image (:func:`blend_heatmap`: transparent where the heat is low,
+    ``alpha`` at the peak), (H, W, 3) uint8.
 
     ``image`` is 2-D grey or (H, W, 3) RGB. uint8 is used as is (window it first); other dtypes are scaled
     from their minimum to their maximum. A heatmap of another size is resized to the image.
@@ -50,16 +89,16 @@ def overlay_rgb(
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     base = _as_rgb8(np.asarray(image))
     heat = resize_heatmap(heatmap, base.shape[:2])
-    colour = heatmap_rgb(heat, colormap=colormap).astype(np.float32)
-    blended = (1.0 - alpha) * base.astype(np.float32) + alpha * colour
-    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    blended = blend_heatmap(base.astype(np.float64) / 255.0, heat, alpha=alpha, colormap=colormap)
+    return np.clip(np.rint(blended * 255.0), 0, 255).astype(np.uint8)
 
 
 def heatmap_png(heatmap: np.ndarray, *, colormap: str = DEFAULT_COLORMAP) -> bytes:
     return png_bytes(heatmap_rgb(heatmap, colormap=colormap))
 
 
-def overlay_png(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.4, colormap: str = DEFAULT_COLORMAP) -> bytes:
+def overlay_png(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = OVERLAY_ALPHA,
+                colormap: str = DEFAULT_COLORMAP) -> bytes:
     return png_bytes(overlay_rgb(image, heatmap, alpha=alpha, colormap=colormap))
 
 

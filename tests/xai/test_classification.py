@@ -62,7 +62,7 @@ def test_same_map_as_plain_pytorch_grad_cam(resnet):
     """The cut at the target layer changes the cost, not the result."""
     images = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     targets = [3, 0, 1]
-    ours = explain_classification_batch(resnet, resnet.layer4, images, target_classes=targets)
+    ours = explain_classification_batch(resnet, resnet.layer4, images, target_classes=targets, restrict_body=False)
     with GradCAM(resnet, [resnet.layer4]) as cam:
         reference = cam(images, [ClassifierOutputTarget(t) for t in targets])
     resnet.zero_grad(set_to_none=True)

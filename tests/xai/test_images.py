@@ -36,10 +36,18 @@ def test_overlay_blends_grey_and_colour_and_resizes_the_heatmap():
     heat = ramp((16, 24))
     rgb = overlay_rgb(grey, heat, alpha=0.4)
     assert rgb.shape == (32, 48, 3) and rgb.dtype == np.uint8
-    colour = heatmap_rgb(resize_heatmap(heat, (32, 48))).astype(np.float64)
-    np.testing.assert_allclose(rgb, np.rint(0.6 * 200 + 0.4 * colour), atol=1)
+    full = resize_heatmap(heat, (32, 48)).astype(np.float64)
+    colour = heatmap_rgb(full).astype(np.float64)
+    # the colour's opacity rises from 0 at heat 0.2 to alpha at heat 1: transparent where the map is low
+    opacity = 0.4 * np.clip((full - 0.2) / 0.8, 0, 1)[..., None]
+    np.testing.assert_allclose(rgb, np.rint((1 - opacity) * 200 + opacity * colour), atol=1)
+    cold = full <= 0.2
+    assert cold.any() and (rgb[cold] == 200).all()  # the grey image untouched where the heat is low
+    hottest = np.unravel_index(np.argmax(full), full.shape)
+    assert rgb[hottest][0] > rgb[hottest][2] + 40  # red at the peak, the grey still in it (not pure jet)
+    assert rgb[hottest][1] > 60
     np.testing.assert_array_equal(overlay_rgb(grey, heat, alpha=0.0), np.full((32, 48, 3), 200))
-    image = decode(overlay_png(grey, heat))
+    image = decode(overlay_png(grey, heat, alpha=0.4))
     assert image.size == (48, 32) and image.mode == "RGB"
     np.testing.assert_array_equal(np.asarray(image), rgb)
 

@@ -42,7 +42,7 @@ def net3d():
 def test_3d_cam_matches_hand_written_grad_cam_and_covers_the_input(net3d):
     image = torch.randn(1, 1, 24, 32, 32, generator=torch.Generator().manual_seed(1))
     layer = unet_bottleneck(net3d)
-    explanation = explain_segmentation(net3d, layer, image)
+    explanation = explain_segmentation(net3d, layer, image, body=False)  # noise has no body to find
     with torch.no_grad():
         predicted = net3d(image)[0].argmax(0).numpy().astype(np.uint8)
     np.testing.assert_array_equal(explanation.labels, predicted)
@@ -58,7 +58,7 @@ def test_3d_cam_matches_hand_written_grad_cam_and_covers_the_input(net3d):
     expected = F.interpolate(torch.from_numpy(coarse)[None, None], size=(24, 32, 32), mode="trilinear")[0, 0].numpy()
     np.testing.assert_allclose(cam, expected / expected.max(), atol=1e-4)
     assert all(not m._forward_hooks for m in net3d.modules())
-    resampled = explain_segmentation(net3d, layer, image, output_shape=(48, 64, 40))
+    resampled = explain_segmentation(net3d, layer, image, output_shape=(48, 64, 40), body=False)
     assert resampled.cam.shape == (48, 64, 40) and resampled.labels.shape == (24, 32, 32)
     assert resampled.cam.max() == pytest.approx(1.0) and resampled.cam.min() >= 0
 
@@ -68,7 +68,7 @@ def test_given_mask_and_empty_mask(net3d):
     layer = unet_bottleneck(net3d)
     mask = np.zeros((16, 16, 16), dtype=np.uint8)
     mask[4:8, 4:8, 4:8] = 2
-    given = explain_segmentation(net3d, layer, image, mask=mask, target_classes=[2])
+    given = explain_segmentation(net3d, layer, image, mask=mask, target_classes=[2], body=False)
     assert given.target_region == GIVEN_MASK and given.region_voxels == 64 and given.target_classes == (2,)
     coarse = reference_cam(net3d, layer, image, mask, (2,))
     expected = F.interpolate(torch.from_numpy(coarse)[None, None], size=(16, 16, 16), mode="trilinear")[0, 0].numpy()

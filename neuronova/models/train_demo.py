@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import io
+import json
 import logging
 import math
 from collections.abc import Sequence
@@ -33,12 +34,24 @@ from tqdm import tqdm
 import neuronova
 from neuronova.models import architectures, biomarkers
 from neuronova.models.base import ONNX_FILE, WEIGHTS_FILE
-from neuronova.models.classification import DEFAULT_SIZE, preprocess_ct_slices
+from neuronova.models.classification import (
+    CALIBRATION_FILE,
+    DEFAULT_SIZE,
+    INDETERMINATE,
+    aggregate_slices,
+    brain_slice_mask,
+    choose_indeterminate_threshold,
+    expected_calibration_error,
+    fit_temperature,
+    preprocess_ct_slices,
+    softmax,
+)
 from neuronova.models.metadata import Architecture, ModelMetadata, sha256_file, write_metadata
 from neuronova.models.registry import MODEL_IDS, load_model
 from neuronova.models.runtime import save_weights
 from neuronova.models.segmentation import DEFAULT_GRID, DEFAULT_OVERLAP, labels_to_grid, preprocess_mr
-from neuronova.phantoms import CT_CLASSES, TUMOUR_LABELS, make_ct_phantom, make_mr_phantom
+from neuronova.phantoms import CT_CLASSES, TUMOUR_LABELS, Phantom, make_ct_phantom, make_mr_phantom
+from neuronova.phantoms.ct_anatomy import VARIANTS, make_ct_anatomy_phantom
 
 logger = logging.getLogger(__name__)
 
@@ -238,49 +251,170 @@ def train_segmentation(model_dir: Path, *, seed: int, quick: bool) -> ModelMetad
 
 
 # ---- CT classification ------------------------------------------------------------------------------------
+# Two generators: head.py's procedural head (as the first demo model) and ct_anatomy's varied normal anatomy,
+# on which a held-out normal head had been called "Glioma". Seed ranges never overlap between training,
+# calibration and held-out phantoms, nor between the generators.
+_CT_ANATOMY_TRAIN, _CT_CALIBRATION = 200_000, 600_000
+_CT_TRAIN_THREADS = 1
 
-def _ct_slices(phantom_seed: int, cls: str, rng: np.random.Generator, n_tumour: int, n_normal: int) -> tuple[list[np.ndarray], list[int]]:
+
+def _labelled_slices(phantom: Phantom, cls: str, rng: np.random.Generator, n_tumour: int,
+                     n_normal: int) -> tuple[list[np.ndarray], list[int]]:
     """A CT phantom's brain slices (HU) labelled by what they show: the class where the tumour is at least 40 %
-    of its largest cross-section, "No Tumor" where there is none; slices in between are left out."""
-    shape = (int(rng.integers(24, 49)), 256, 256)
-    phantom = make_ct_phantom(phantom_seed, shape=shape, tumour_class=cls)
+    of its largest cross-section, "No Tumor" where there is none, not even on the next slice (partial volume);
+    slices in between are left out. Brain slices are those the model classifies (``brain_slice_mask``)."""
     area = (phantom.labels > 0).sum(axis=(1, 2))
-    brainish = ((phantom.image > 15) & (phantom.image < 60)).sum(axis=(1, 2)) * phantom.spacing[1] * phantom.spacing[2]
-    brain = brainish >= 1500
+    brain = brain_slice_mask(phantom.image, phantom.spacing[1] * phantom.spacing[2])
     slices, labels = [], []
     if area.max() > 0:
         showing = np.flatnonzero(area >= 0.4 * area.max())
         for z in rng.permutation(showing)[:n_tumour]:
             slices.append(phantom.image[z])
             labels.append(CT_CLASSES.index(cls))
-    clear = np.flatnonzero((area == 0) & brain)
+    near = np.convolve(area > 0, np.ones(3), mode="same") > 0
+    clear = np.flatnonzero(~near & brain)
     for z in rng.permutation(clear)[:n_normal]:
         slices.append(phantom.image[z])
         labels.append(CT_CLASSES.index("No Tumor"))
     return slices, labels
 
 
+def _ct_phantom(generator: str, seed: int, cls: str, rng: np.random.Generator, *, quick: bool,
+                variant: str = "random", matrix: int | None = None) -> Phantom:
+    if generator == "head":
+        shape = (int(rng.integers(24, 49)), 256, 256) if not quick else (24, 96, 96)
+        return make_ct_phantom(seed, shape=shape, tumour_class=cls)
+    matrix = matrix or (96 if quick else int(rng.choice([160, 192, 224])))
+    return make_ct_anatomy_phantom(seed, matrix=matrix, tumour_class=cls, variant=variant)
+
+
+def _slice_counts(cls: str) -> tuple[int, int]:
+    # a pituitary tumour shows on fewer slices: take more of them; normal heads give more normal slices
+    return (6 if cls == "Pituitary" else 4), (8 if cls == "No Tumor" else 3)
+
+
+def _ct_dataset(base: dict[str, int], per_class: dict[str, dict[str, int]], rng: np.random.Generator, *,
+                quick: bool, label: str) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Network inputs and labels of slices from ``per_class[generator][class]`` phantoms of each generator."""
+    xs: list[np.ndarray] = []
+    ys: list[int] = []
+    phantoms = {}
+    jobs = [(g, c, cls, i) for g in per_class for c, cls in enumerate(CT_CLASSES) for i in range(per_class[g][cls])]
+    for g, c, cls, i in tqdm(jobs, desc=f"ct_classification: {label} phantoms", leave=False):
+        phantom = _ct_phantom(g, base[g] + c * 100 + i, cls, rng, quick=quick)
+        s, y = _labelled_slices(phantom, cls, rng, *_slice_counts(cls))
+        # windowed and resized at once: a list of 256 x 256 HU slices would cost 20 times the memory
+        if s:
+            xs.append(preprocess_ct_slices(np.stack(s), size=DEFAULT_SIZE))
+        ys += y
+        phantoms[g] = phantoms.get(g, 0) + 1
+    return np.concatenate(xs), np.array(ys), phantoms
+
+
+def _study_logits(model: Any, phantom: Phantom) -> np.ndarray:
+    """Logits of the slices ``classify_volume`` would classify (ONNX Runtime), in slice order."""
+    slices = np.flatnonzero(brain_slice_mask(phantom.image, phantom.spacing[1] * phantom.spacing[2]))
+    if slices.size == 0:
+        slices = np.arange(phantom.image.shape[0])
+    return np.concatenate([model.run(model.preprocess_slices(phantom.image[slices[i:i + 32]]))
+                           for i in range(0, len(slices), 32)])
+
+
+def _study_outcome(logits: np.ndarray, temperature: float, threshold: float) -> tuple[np.ndarray, str]:
+    """Study probabilities and outcome, as ``ClassificationModel.classify_volume`` computes them."""
+    study, _ = aggregate_slices(softmax(logits, temperature), list(CT_CLASSES))
+    best = int(np.argmax(study))
+    return study, (INDETERMINATE if study[best] < threshold else CT_CLASSES[best])
+
+
+def _study_report(studies: list[tuple[str, np.ndarray]], temperature: float, threshold: float) -> dict[str, Any]:
+    """Accuracy, outcome counts and (no tumour) false-positive rate of (true class, slice logits) studies."""
+    outcomes = [_study_outcome(logits, temperature, threshold) for _, logits in studies]
+    truth = np.array([CT_CLASSES.index(cls) for cls, _ in studies])
+    probabilities = np.stack([p for p, _ in outcomes])
+    counts: dict[str, dict[str, int]] = {}
+    for t, (_, outcome) in zip(truth, outcomes, strict=True):
+        row = counts.setdefault(CT_CLASSES[t], {})
+        row[outcome] = row.get(outcome, 0) + 1
+    normal = truth == CT_CLASSES.index("No Tumor")
+    tumour_call = np.array([o in CT_CLASSES and o != "No Tumor" for _, o in outcomes])
+    report: dict[str, Any] = {
+        "studies": len(studies),
+        "accuracy": round(float((probabilities.argmax(1) == truth).mean()), 4),
+        "outcome_accuracy": round(float(np.mean([o == CT_CLASSES[t] for t, (_, o) in zip(truth, outcomes, strict=True)])), 4),
+        "indeterminate_rate": round(float(np.mean([o == INDETERMINATE for _, o in outcomes])), 4),
+        "outcome_counts": counts,  # true class -> outcome -> studies
+    }
+    if normal.any():
+        report["normal_false_positive_rate"] = round(float(tumour_call[normal].mean()), 4)
+    if (~normal).any():
+        report["tumour_outcome_accuracy"] = round(float(np.mean(
+            [o == CT_CLASSES[t] for t, (_, o), n in zip(truth, outcomes, normal, strict=True) if not n])), 4)
+    return report
+
+
+def _held_out_studies(model: Any, seed: int, rng: np.random.Generator, cfg: dict[str, Any], quick: bool
+                      ) -> tuple[dict[str, list[tuple[str, np.ndarray]]], np.ndarray, np.ndarray]:
+    """Slice logits of the held-out studies, by set: the first demo's head.py studies, varied normal heads per
+    anatomy variant, tumours on varied anatomy, and head.py normal heads at other matrix and slice spacing;
+    and the logits and labels of their labelled slices (as training labels them)."""
+    base = _HELDOUT_BASE + seed * 1000
+    jobs: list[tuple[str, str, Any]] = []
+    for c, cls in enumerate(CT_CLASSES):
+        for i in range(cfg["heldout_per_class"]):
+            jobs.append(("head", cls, lambda c=c, i=i, cls=cls: make_ct_phantom(
+                base + 500 + c * 100 + i, shape=(int(rng.integers(24, 49)), 256, 256) if not quick else (24, 96, 96),
+                tumour_class=cls)))
+    matrix = 96 if quick else 256
+    for v, variant in enumerate(VARIANTS):
+        for i in range(cfg["heldout_normals_per_variant"]):
+            jobs.append((f"anatomy_normal_{variant}", "No Tumor", lambda v=v, i=i, variant=variant: make_ct_anatomy_phantom(
+                base + 20_000 + v * 100 + i, matrix=matrix, tumour_class="No Tumor", variant=variant)))
+    for c, cls in enumerate(CT_CLASSES[:3]):
+        for i in range(cfg["heldout_anatomy_tumours_per_class"]):
+            jobs.append(("anatomy_tumour", cls, lambda c=c, i=i, cls=cls: make_ct_anatomy_phantom(
+                base + 30_000 + c * 100 + i, matrix=matrix, tumour_class=cls)))
+    for i in range(cfg["heldout_head_other_params"]):
+        # 40 slices at a 512 matrix, or thin slices at 256: parameters the head.py training never used
+        shape = ((40, 512, 512), (64, 256, 256))[i % 2] if not quick else (30, 128, 128)
+        spacing = (2.5, 0.9, 0.9) if i % 2 else None
+        jobs.append(("head_other_params_normal", "No Tumor", lambda i=i, shape=shape, spacing=spacing: make_ct_phantom(
+            base + 40_000 + i, shape=shape, spacing=spacing, tumour_class="No Tumor")))
+    sets: dict[str, list[tuple[str, np.ndarray]]] = {}
+    slice_logits, slice_labels = [], []
+    for name, cls, make in tqdm(jobs, desc="ct_classification: held-out studies", leave=False):
+        phantom = make()
+        sets.setdefault(name, []).append((cls, _study_logits(model, phantom)))
+        slices, labels = _labelled_slices(phantom, cls, rng, *_slice_counts(cls))
+        if slices:
+            slice_logits.append(model.run(preprocess_ct_slices(np.stack(slices), size=DEFAULT_SIZE)))
+            slice_labels += labels
+    return sets, np.concatenate(slice_logits), np.array(slice_labels)
+
+
 def train_classification(model_dir: Path, *, seed: int, quick: bool) -> ModelMetadata:
-    cfg = {"per_class": 1, "heldout_per_class": 1, "epochs": 1, "batch": 16, "lr": 3e-3} if quick else {
-        "per_class": 50, "heldout_per_class": 10, "epochs": 25, "batch": 32, "lr": 3e-3}
-    params = {"num_classes": len(CT_CLASSES), "in_channels": 1, "widths": [16, 32, 64, 128], "blocks": 1}
+    cfg: dict[str, Any] = {
+        "per_class": {"head": 1, "anatomy": 1}, "normal_anatomy_phantoms": 1, "calibration_per_class": {"head": 1, "anatomy": 1},
+        "heldout_per_class": 1, "heldout_normals_per_variant": 1, "heldout_anatomy_tumours_per_class": 1,
+        "heldout_head_other_params": 1, "epochs": 1, "batch": 16, "lr": 3e-3} if quick else {
+        "per_class": {"head": 16, "anatomy": 16}, "normal_anatomy_phantoms": 40,
+        "calibration_per_class": {"head": 3, "anatomy": 6}, "heldout_per_class": 10,
+        "heldout_normals_per_variant": 3, "heldout_anatomy_tumours_per_class": 4, "heldout_head_other_params": 4,
+        "epochs": 8, "batch": 32, "lr": 3e-3}
+    # Half the first demo's widths (a quarter of the compute, 0.3 MB of weights): enough for four classes of
+    # phantom; trained on one thread, which on a shared two-core machine was twice as fast as two.
+    params = {"num_classes": len(CT_CLASSES), "in_channels": 1, "widths": [8, 16, 32, 64], "blocks": 1}
     _set_determinism(seed)
+    torch.set_num_threads(_CT_TRAIN_THREADS)
     rng = np.random.default_rng([seed, 2])
 
-    def dataset(base: int, per_class: int, label: str) -> tuple[np.ndarray, np.ndarray]:
-        xs: list[np.ndarray] = []
-        ys: list[int] = []
-        for c, cls in enumerate(tqdm(CT_CLASSES, desc=f"ct_classification: {label} phantoms", leave=False)):
-            for i in range(per_class):
-                # a pituitary tumour shows on fewer slices: take more of them
-                showing, normal = (6 if cls == "Pituitary" else 4), (8 if cls == "No Tumor" else 3)
-                s, y = _ct_slices(base + seed * 1000 + c * 100 + i, cls, rng, showing, normal)
-                xs += s
-                ys += y
-        return preprocess_ct_slices(np.stack(xs), size=DEFAULT_SIZE), np.array(ys)
+    def counts(per: dict[str, int], normals: int | None = None) -> dict[str, dict[str, int]]:
+        return {g: {cls: (normals if normals is not None and g == "anatomy" and cls == "No Tumor" else n)
+                    for cls in CT_CLASSES} for g, n in per.items()}
 
-    train_x, train_y = dataset(_TRAIN_BASE, cfg["per_class"], "training")
-    test_x, test_y = dataset(_HELDOUT_BASE, cfg["heldout_per_class"], "held-out")
+    train_x, train_y, train_phantoms = _ct_dataset(
+        {"head": _TRAIN_BASE + seed * 1000, "anatomy": _CT_ANATOMY_TRAIN + seed * 1000},
+        counts(cfg["per_class"], cfg["normal_anatomy_phantoms"]), rng, quick=quick, label="training")
 
     module = architectures.build("neuronova.SmallResNet", params)
     optimiser = torch.optim.AdamW(module.parameters(), lr=cfg["lr"], weight_decay=1e-4)
@@ -288,7 +422,7 @@ def train_classification(model_dir: Path, *, seed: int, quick: bool) -> ModelMet
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=cfg["lr"], total_steps=cfg["epochs"] * steps_per_epoch)
     # Unweighted: class weights made normal slices look like tumours, and a series is only as specific as its
     # least specific slice. Many normal slices (3 per tumour phantom, 8 per normal one) teach specificity.
-    counts = np.bincount(train_y, minlength=len(CT_CLASSES))
+    class_counts = np.bincount(train_y, minlength=len(CT_CLASSES))
     loss_fn = nn.CrossEntropyLoss()
     module.train()
     progress = tqdm(total=cfg["epochs"] * steps_per_epoch, desc="ct_classification: training")
@@ -310,23 +444,30 @@ def train_classification(model_dir: Path, *, seed: int, quick: bool) -> ModelMet
             progress.update()
     progress.close()
     module.eval()
+    example = torch.from_numpy(train_x[order[:4]].copy())
+    del train_x
 
-    files, diff = _write_network(model_dir, module, torch.from_numpy(test_x[:4]), dynamic_batch=True)
+    files, diff = _write_network(model_dir, module, example, dynamic_batch=True)
     metadata = ModelMetadata(
-        id="ct_classification", name="CT brain tumour classification (demo)", version="1.0.0-demo",
+        id="ct_classification", name="CT brain tumour classification (demo)", version="1.1.0-demo",
         task="classification", description="Glioma / Meningioma / Pituitary / No Tumor on non-contrast head CT.",
         labels=list(CT_CLASSES),
         input={"modality": "CT", "orientation": "axial slices", "channels": 1, "size": [DEFAULT_SIZE, DEFAULT_SIZE],
                "window": {"center": 40, "width": 80}, "normalise": {"mean": 0.5, "std": 0.25},
                "spacing": "any; each slice padded to a square and resized (antialiased bilinear)",
                "images": "PNG/JPEG grayscale already brain-windowed (0-255) enter after windowing"},
-        output={"type": "class probabilities (softmax)", "classes": list(CT_CLASSES),
+        output={"type": "class probabilities (softmax of logits / temperature, see calibration.json)",
+                "classes": list(CT_CLASSES),
                 "series": "per brain slice, aggregated (see neuronova.models.classification.aggregate_slices); "
-                          "the driving slice is the one with the strongest tumour evidence"},
+                          "the driving slice is the one with the strongest tumour evidence",
+                "indeterminate": f"outcome '{INDETERMINATE}' when the calibrated confidence is below "
+                                 "calibration.json's indeterminate_below"},
         architecture=Architecture(name="neuronova.SmallResNet", params=params),
-        training={"data": "axial slices of synthetic CT head phantoms (neuronova.phantoms.make_ct_phantom)",
-                  "seed": seed, "train_slices": int(len(train_x)), "heldout_slices": int(len(test_x)),
-                  "train_slices_per_class": dict(zip(CT_CLASSES, counts.tolist(), strict=True)),
+        training={"data": "axial slices of synthetic CT heads: the procedural head (neuronova.phantoms.make_ct_phantom)"
+                          " and varied normal anatomy with the same tumour classes "
+                          "(neuronova.phantoms.ct_anatomy.make_ct_anatomy_phantom)",
+                  "seed": seed, "train_phantoms": train_phantoms, "train_slices": int(class_counts.sum()),
+                  "train_slices_per_class": dict(zip(CT_CLASSES, class_counts.tolist(), strict=True)),
                   "loss": "cross-entropy",
                   "augmentation": "mirror, shift +-6 px, noise", "optimiser": "AdamW + one-cycle", **cfg,
                   "quick": quick},
@@ -334,30 +475,84 @@ def train_classification(model_dir: Path, *, seed: int, quick: bool) -> ModelMet
         created=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
     write_metadata(model_dir, metadata)
+    entry = load_model(model_dir, device="cpu")
+    assert entry.model is not None, entry.error
+    model: Any = entry.model
 
+    # Calibration split (its own seeds): the phantoms' labelled slices fit the temperature; the same phantoms,
+    # classified as studies, pick the indeterminate threshold.
+    calibration_logits_list, calibration_labels, calibration_studies = [], [], []
+    jobs = [(g, c, cls, i) for g, per in counts(cfg["calibration_per_class"]).items()
+            for c, cls in enumerate(CT_CLASSES) for i in range(per[cls])]
+    for g, c, cls, i in tqdm(jobs, desc="ct_classification: calibration phantoms", leave=False):
+        base = _CT_CALIBRATION + (50_000 if g == "anatomy" else 0) + seed * 1000
+        phantom = _ct_phantom(g, base + c * 100 + i, cls, rng, quick=quick)
+        calibration_studies.append((cls, _study_logits(model, phantom)))
+        slices, labels = _labelled_slices(phantom, cls, rng, *_slice_counts(cls))
+        if slices:
+            calibration_logits_list.append(model.run(preprocess_ct_slices(np.stack(slices), size=DEFAULT_SIZE)))
+            calibration_labels += labels
+    calibration_logits, calibration_y = np.concatenate(calibration_logits_list), np.array(calibration_labels)
+    temperature = fit_temperature(calibration_logits, calibration_y)
+    study_probs = np.stack([_study_outcome(logits, temperature, 0.0)[0] for _, logits in calibration_studies])
+    study_truth = np.array([CT_CLASSES.index(cls) for cls, _ in calibration_studies])
+    threshold = choose_indeterminate_threshold(study_probs.max(1), study_probs.argmax(1) == study_truth)
+    calibration = {"method": "temperature scaling (logits / temperature, then softmax)",
+                   "temperature": round(temperature, 4), "indeterminate_below": threshold,
+                   "threshold_rule": "lowest of 0.50, 0.55, ... 0.95 at which the calibration studies kept "
+                                     "(confidence >= threshold) are >= 95 % correct; never below 0.5, where the "
+                                     "calibrated top class is more likely wrong than right"}
+    (model_dir / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2) + "\n")
+    metadata.files[CALIBRATION_FILE] = sha256_file(model_dir / CALIBRATION_FILE)
+    write_metadata(model_dir, metadata)
+
+    # Held-out quality through the production path: ONNX Runtime logits, the brain-slice mask, aggregation.
     entry = load_model(model_dir, device="cpu")
     assert entry.model is not None, entry.error
     model = entry.model
-    slice_accuracy = float((model.predict_proba(test_x).argmax(1) == test_y).mean())  # type: ignore[attr-defined]
-    correct = 0
-    confusion = np.zeros((len(CT_CLASSES), len(CT_CLASSES)), int)
-    for c, cls in enumerate(CT_CLASSES):
-        for i in range(cfg["heldout_per_class"]):
-            phantom = make_ct_phantom(_HELDOUT_BASE + 500 + seed * 1000 + c * 100 + i,
-                                      shape=(int(rng.integers(24, 49)), 256, 256), tumour_class=cls)
-            result = model.classify_volume(phantom.image, pixel_area_mm2=phantom.spacing[1] * phantom.spacing[2])  # type: ignore[attr-defined]
-            confusion[c, CT_CLASSES.index(result.predicted_class)] += 1
-            correct += result.predicted_class == cls
+    sets, test_logits, test_y = _held_out_studies(model, seed, rng, cfg, quick)
+    all_studies = [s for studies in sets.values() for s in studies]
+    every_normal = [s for name, studies in sets.items() for s in studies if s[0] == "No Tumor" and name != "head"]
+
+    def ece_studies(temp: float) -> float:
+        probs = np.stack([_study_outcome(logits, temp, 0.0)[0] for _, logits in all_studies])
+        return round(expected_calibration_error(probs, np.array([CT_CLASSES.index(c) for c, _ in all_studies])), 4)
+
+    head = _study_report(sets["head"], temperature, threshold)
     metadata.metrics = {
-        "heldout_slice_accuracy": round(slice_accuracy, 4),
-        "heldout_study_accuracy": round(correct / (len(CT_CLASSES) * cfg["heldout_per_class"]), 4),
-        "heldout_studies": len(CT_CLASSES) * cfg["heldout_per_class"],
-        "study_confusion": {"rows_true_cols_predicted": list(CT_CLASSES), "counts": confusion.tolist()},
+        "heldout_slice_accuracy": round(float((test_logits.argmax(1) == test_y).mean()), 4),
+        "heldout_study_accuracy": head["accuracy"],
+        "heldout_studies": head["studies"],
+        "study_confusion": {"rows_true_cols_predicted": list(CT_CLASSES),
+                            "counts": _confusion(sets["head"], temperature).tolist()},
+        "heldout_sets": {name: _study_report(studies, temperature, threshold) for name, studies in sets.items()},
+        "normal_heads_not_head_py_training_parameters": {
+            "studies": len(every_normal),
+            "false_positive_rate": _study_report(every_normal, temperature, threshold)["normal_false_positive_rate"],
+            "false_positive_rate_uncalibrated_no_threshold":
+                _study_report(every_normal, 1.0, 0.0)["normal_false_positive_rate"]},
+        "calibration": {
+            "temperature": round(temperature, 4), "indeterminate_below": threshold,
+            "calibration_slices": int(len(calibration_y)), "calibration_studies": len(calibration_studies),
+            "ece_calibration_slices_before": round(expected_calibration_error(softmax(calibration_logits), calibration_y), 4),
+            "ece_calibration_slices_after": round(expected_calibration_error(softmax(calibration_logits, temperature), calibration_y), 4),
+            "ece_heldout_slices_before": round(expected_calibration_error(softmax(test_logits), test_y), 4),
+            "ece_heldout_slices_after": round(expected_calibration_error(softmax(test_logits, temperature), test_y), 4),
+            "ece_heldout_studies_before": ece_studies(1.0), "ece_heldout_studies_after": ece_studies(temperature),
+            "ece_bins": 15},
         "chance_accuracy": round(1 / len(CT_CLASSES), 4),
         "onnx_max_abs_diff": diff,
     }
     write_metadata(model_dir, metadata)
     return metadata
+
+
+def _confusion(studies: list[tuple[str, np.ndarray]], temperature: float) -> np.ndarray:
+    confusion = np.zeros((len(CT_CLASSES), len(CT_CLASSES)), int)
+    for cls, logits in studies:
+        study, _ = _study_outcome(logits, temperature, 0.0)
+        confusion[CT_CLASSES.index(cls), int(np.argmax(study))] += 1
+    return confusion
 
 
 # ---- biomarkers ---------------------------------------------------------------------------------------------

@@ -4,6 +4,10 @@ Steps: read the series as a volume (HU); classify every slice with enough brain 
 ``classify_volume``: the slice with the most tumour evidence drives the result); explain the driving slice
 with Grad-CAM (within the time budget); write the report (coded finding, probabilities, the driving
 slice and its important regions) and the overlay of the driving slice in the brain window.
+
+Probabilities are calibrated (the model's temperature); below the model's ``indeterminate_below`` the outcome
+is "Indeterminate": the report's finding and the summary's ``outcome`` say so, the summary keeps the most
+likely class in ``predicted_class`` and Grad-CAM still explains that class.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ class CtClassification(ModelPipeline):
         algorithm = algorithm_info(model, name=self.algorithm_name)
         base = context.settings.series_number_base
         sr = write_classification_report(
-            volume.datasets, predicted_class=result.predicted_class, probabilities=result.probabilities,
+            volume.datasets, predicted_class=result.outcome, probabilities=result.probabilities,
             driving_slice_index=z, regions=[(r.x, r.y, r.width, r.height, r.importance) for r in regions],
             algorithm=algorithm, series_number=base + SR_OFFSET, pipeline=self.name)
         rgb = render_overlay(volume.array[z], heat, None, window=BRAIN_WINDOW,
@@ -77,7 +81,10 @@ class CtClassification(ModelPipeline):
             patient_regions.append({**r.to_dict(), "centre_mm": [round(float(v), 2) for v in p.centre]})
         summary: dict[str, Any] = {
             "model_id": model.id, "model_version": model.version, "not_for_clinical_use": algorithm.demo,
-            "predicted_class": result.predicted_class, "confidence": round(result.confidence, 4),
+            "predicted_class": result.predicted_class, "outcome": result.outcome,
+            "indeterminate": result.indeterminate, "confidence": round(result.confidence, 4),
+            "calibration": {"method": "temperature scaling", "temperature": round(model.temperature, 4),
+                            "indeterminate_below": model.indeterminate_below},
             "probabilities": {k: round(v, 4) for k, v in result.probabilities.items()},
             "driving_slice": {"index": z, "sop_instance_uid": source.SOPInstanceUID},
             "xai": {"method": "grad_cam", "important_regions": patient_regions,

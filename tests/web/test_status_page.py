@@ -114,6 +114,9 @@ def test_page_in_headless_chromium(processed: dict[str, Any], tmp_path: Path) ->
     # more than a blank page: the header's dark blue and the overlays' colours are there
     colours = image.convert("RGB").getcolors(maxcolors=1_000_000)
     assert colours is not None and len(colours) > 200
+    # the thumbnails were drawn: the overlays' red "NOT FOR CLINICAL USE" band is the only pure red on the page
+    red = sum(n for n, (r, g, b) in colours if r > 200 and g < 80 and b < 80)
+    assert red > 200, red
 
     # the same page's DOM as Chromium rendered it, with the cookie of the same profile
     dom = chromium(["--dump-dom", page_url], tmp_path / "profile").stdout

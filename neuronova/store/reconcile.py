@@ -27,9 +27,10 @@ log = logging.getLogger(__name__)
 
 def reconcile(store: InstanceStore) -> dict[str, int]:
     """Index or remove every unindexed file under the instances directory; return counts by outcome."""
-    from neuronova.store.instances import _locked_elsewhere
+    from neuronova.store.instances import _fsync_dir, _locked_elsewhere
 
     counts = {"indexed": 0, "removed": 0}
+    touched: set[Path] = set()
     start = time.monotonic()
     for study in _dirs(store.instances_dir):
         for series in _dirs(study):
@@ -47,6 +48,13 @@ def reconcile(store: InstanceStore) -> dict[str, int]:
                     continue
                 outcome = _one(store, path, rel)
                 counts[outcome] += 1
+                touched.add(series)
+    # What was indexed or removed must stay so: its directories' entries are made durable too.
+    for series in touched:
+        for directory in (series, series.parent):
+            _fsync_dir(directory)
+    if touched:
+        _fsync_dir(store.instances_dir)
     if counts["indexed"] or counts["removed"]:
         log.info("reconciled the store with its index in %.1f s: %d instances indexed, %d files removed",
                  time.monotonic() - start, counts["indexed"], counts["removed"])
@@ -62,7 +70,7 @@ def _one(store: InstanceStore, path: Path, rel: str) -> str:
     row = store.index.instance(uid)
     if row is not None and row["path"] == rel:  # indexed meanwhile (another process committed it)
         return "indexed"
-    if row is not None and row["path"] != rel:
+    if row is not None and row["path"] != rel and (store.instances_dir / row["path"]).exists():
         log.info("removing the old copy of instance %s, which moved to another series", uid)
         return _remove(path)
     try:

@@ -23,6 +23,9 @@ system-deps:
 	  echo "installing:$$missing"; \
 	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+	@# npm comes with NodeSource's nodejs; Debian's nodejs needs its npm package
+	@command -v npm >/dev/null || { sudo=""; [ "$$(id -u)" -eq 0 ] || sudo=sudo; \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends npm; }
 
 run: $(VENV)/.installed
 	$(VENV)/bin/neuronova serve --data-dir $(DATA_DIR)

@@ -6,8 +6,9 @@ token after a ``#token=`` fragment (the fragment is never sent on the wire).
 
 How a re-run's stale results are removed from the destination (see ``removal.py``) is a query parameter:
 ``?orthanc=http://host:8042`` (the destination is an Orthanc: stale instances are deleted through its REST
-API at that URL, which may carry ``user:pass@``). Without it, stale instances stay in the destination (the
-outbox logs and counts them).
+API at that URL, which may carry ``user:pass@``), or ``?reject=iocm`` (the destination implements IHE IOCM:
+stale instances are withdrawn by a rejection note, ``iocm.py``). Without either, stale instances stay in the
+destination (the outbox logs and counts them).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class Destination:
     orthanc_url: str | None = None
     orthanc_username: str | None = None
     orthanc_password: str | None = None
+    #: "iocm": stale instances are withdrawn by an IOCM rejection note sent to the destination.
+    reject: str | None = None
 
     @property
     def name(self) -> str:
@@ -48,10 +51,17 @@ class Destination:
 
 def _options(raw: str, query: str, where: str) -> dict[str, str | None]:
     params = parse_qs(query, keep_blank_values=True)
-    unknown = set(params) - {"orthanc"}
+    unknown = set(params) - {"orthanc", "reject"}
     if unknown:
-        raise ConfigError(f"{where}: unknown option(s) {', '.join(sorted(unknown))}; known: orthanc")
-    out: dict[str, str | None] = {"orthanc_url": None, "orthanc_username": None, "orthanc_password": None}
+        raise ConfigError(f"{where}: unknown option(s) {', '.join(sorted(unknown))}; known: orthanc, reject")
+    out: dict[str, str | None] = {"orthanc_url": None, "orthanc_username": None, "orthanc_password": None,
+                                  "reject": None}
+    if "reject" in params:
+        if params["reject"][-1] != "iocm":
+            raise ConfigError(f"{where}: reject= takes 'iocm' (IHE IOCM rejection notes)")
+        out["reject"] = "iocm"
+    if "reject" in params and "orthanc" in params:
+        raise ConfigError(f"{where}: give orthanc= or reject=iocm, not both")
     if "orthanc" in params:
         rest = urlsplit(params["orthanc"][-1])
         if rest.scheme not in ("http", "https") or not rest.hostname:

@@ -5,11 +5,12 @@ DICOM has no "delete" in C-STORE or STOW-RS. What a node can do:
 - Orthanc (``?orthanc=URL`` on the destination): delete the instances through Orthanc's REST API
   (``/tools/lookup`` by SOP Instance UID, then ``DELETE /instances/{id}``) with pyorthanc. Immediate and
   exact; needs the REST API reachable from the node, with a user allowed to delete.
-- Other archives: IHE IOCM ("Imaging Object Change Management") defines the standard way, a Key Object
-  Selection "Rejection Note" titled (113001, DCM, "Rejected for Quality Reasons") that lists the instances
-  and that an IOCM archive hides or deletes. Not implemented here (see README, "Re-runs"): an archive that
-  does not implement IOCM would keep the note as one more object in the study. Such destinations keep the
-  stale instances, and the outbox says so (row state ``kept``, a warning, the delivery-failure counter).
+- Archives that implement IHE IOCM ("Imaging Object Change Management"; ``?reject=iocm``): a Key Object
+  Selection "Rejection Note" titled (113001, DCM, "Rejected for Quality Reasons") that lists the instances,
+  which the archive hides or deletes (``iocm.py``). Opt-in: an archive without IOCM would keep the note as
+  one more object in the study, and the instances too.
+- Any other destination keeps the stale instances, and the outbox says so (row state ``kept``, a warning,
+  the delivery-failure counter).
 
 Each answer per SOP Instance UID is a ``Delivery`` like a send's: ``removed`` (not in the destination any
 more, whether deleted now or never there), ``retry`` (transient: unreachable, 5xx, 401/403/429) or
@@ -25,7 +26,9 @@ import httpx
 from pyorthanc import Orthanc
 
 from neuronova.outbox.destinations import Destination
+from neuronova.outbox.iocm import IocmRejecter, Send
 from neuronova.outbox.senders import Delivery
+from neuronova.store import InstanceStore
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +84,12 @@ def _http_answer(r: httpx.Response, what: str) -> Delivery:
     return Delivery("failed", status, f"Orthanc {what}: {r.text[:200]}")
 
 
-def make_remover(destination: Destination) -> OrthancRemover | None:
-    """The removal method of a destination; None when it has none (stale instances stay there)."""
+def make_remover(destination: Destination, *, store: InstanceStore,
+                 send: Send) -> OrthancRemover | IocmRejecter | None:
+    """The removal method of a destination; None when it has none (stale instances stay there). ``send``
+    delivers a rejection note like any result."""
     if destination.orthanc_url is not None:
         return OrthancRemover(destination)
+    if destination.reject == "iocm":
+        return IocmRejecter(destination, store=store, send=send)
     return None

@@ -117,12 +117,12 @@ class OutboxWorker:
         if not rows:
             return
         name = destination.name
-        remover = make_remover(destination)
+        remover = make_remover(destination, store=self.store, send=self.send)
         if remover is None:
             for row in rows:
                 if self.outbox.mark_kept(row, status="no removal method",
                                          error="a re-run no longer produces this instance; the destination has "
-                                               "no removal method (orthanc=), so it stays there"):
+                                               "no removal method (orthanc= or reject=iocm), so it stays there"):
                     DELIVERY_FAILURES.labels(destination=name, kind="stale_kept").inc()
                     log.warning("%s: stale result %s stays in the destination (no removal method)", name,
                                 row.sop_uid)

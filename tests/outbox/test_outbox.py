@@ -39,10 +39,12 @@ def test_destination_options() -> None:
     plain = parse_destination("http://127.0.0.1:8042/dicom-web?orthanc=http://127.0.0.1:8042")
     assert (plain.url, plain.orthanc_url, plain.tls) == ("http://127.0.0.1:8042/dicom-web", "http://127.0.0.1:8042",
                                                           False)
+    assert parse_destination("dimse://DCM4CHEE@arc:11112?reject=iocm").reject == "iocm"
 
 
 @pytest.mark.parametrize("raw", ["ftp://x", "dimse://host:11112", "dimse://WAYTOOLONGAETITLE123@h:1", "http://",
-                                 "dimse://A@h:1?delete=yes", "dimse://A@h:1?orthanc=ftp://x"])
+                                 "dimse://A@h:1?delete=yes", "dimse://A@h:1?orthanc=ftp://x", "dimse://A@h:1?reject=x",
+                                 "dimse://A@h:1?reject=iocm&orthanc=http://h:8042"])
 def test_bad_destinations_name_the_setting(raw: str) -> None:
     with pytest.raises(ConfigError, match="NEURONOVA_DESTINATIONS"):
         parse_destination(raw)

@@ -28,6 +28,7 @@ from neuronova.writers import (
     render_overlay,
     write_classification_report,
     write_overlay,
+    write_region_segmentation,
     write_segmentation,
     write_segmentation_report,
 )
@@ -48,6 +49,8 @@ class Results:
     sources: list[pydicom.Dataset]
     labels: np.ndarray
     seg: pydicom.Dataset
+    regions: pydicom.Dataset
+    region_masks: dict[str, np.ndarray]
     sr: pydicom.Dataset
     cls: pydicom.Dataset
     overlay: pydicom.Dataset
@@ -92,6 +95,13 @@ def results(tmp_path_factory) -> Results:
     seg = write_segmentation(sources, labels, names, algorithm=algorithm, series_number=1001)
     stats = compute_segment_stats(sources, labels, names)
     sr = write_segmentation_report(sources, seg, stats, algorithm=algorithm, series_number=1002)
+    # a sigmoid model's overlapping regions, in their own SEG series (another pipeline name)
+    label = {name: value for value, name in TUMOUR_LABELS.items()}
+    enhancing = labels == label["enhancing tumour"]
+    region_masks = {"whole tumour": labels > 0, "tumour core": enhancing | (labels == label["necrotic core"]),
+                    "enhancing tumour": enhancing}
+    regions = write_region_segmentation(sources, region_masks, algorithm=algorithm, series_number=1005,
+                                        pipeline="mri_regions")
     tumour = labels > 0
     z = int(np.argmax(tumour.sum(axis=(1, 2))))
     cls = write_classification_report(
@@ -107,12 +117,12 @@ def results(tmp_path_factory) -> Results:
 
     out = tmp_path_factory.mktemp("results")
     files = write_series(sources, out / "mr")
-    for name, ds in [("seg", seg), ("sr", sr), ("cls", cls), ("sc", overlay)]:
+    for name, ds in [("seg", seg), ("regions", regions), ("sr", sr), ("cls", cls), ("sc", overlay)]:
         path = out / f"{name}.dcm"
         ds.save_as(path, enforce_file_format=True)
         assert dciodvfy_errors(path) == [], name
         files.append(path)
-    return Results(sources=sources, labels=labels, seg=seg, sr=sr, cls=cls, overlay=overlay, stats=stats,
+    return Results(sources=sources, labels=labels, seg=seg, regions=regions, region_masks=region_masks, sr=sr, cls=cls, overlay=overlay, stats=stats,
                    files=files)
 
 

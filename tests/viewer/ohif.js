@@ -3,7 +3,8 @@
 // Usage: node ohif.js SPEC.json > RESULT.json
 // SPEC: {"chromium": path, "userDataDir": dir, "outDir": dir, "views": [{"name", "url", "waitFor"
 //        (CSS selector), "settleMs", "actions": [{"click": text} | {"clickSelector": css} |
-//        {"wait": ms}]}]}; OHIF's first-visit tour is skipped before the actions.
+//        {"wait": ms} | {"slice": text}]}]} ("slice": step through the images with the arrow keys until the
+//        page shows the text, e.g. "I:15 (" for instance number 15); OHIF's first-visit tour is skipped.
 // RESULT: [{"name", "screenshot", "console": [{"type", "text"}], "pageErrors": [...], "text" (the page's
 //          innerText), "viewports": [{"x", "y", "width", "height"}] (canvas boxes, CSS pixels)}]
 // playwright-core is resolved through NODE_PATH (the test points it at the cached node_modules).
@@ -38,6 +39,23 @@ async function shoot(context, spec, view) {
       await page.locator(action.clickSelector).first().click({ timeout: 30000 });
     } else if (action.wait) {
       await page.waitForTimeout(action.wait);
+    } else if (action.slice) {
+      await page.locator('canvas.cornerstone-canvas').first().hover();
+      await page.mouse.wheel(0, 0);
+      let found = false;
+      for (const key of ['ArrowDown', 'ArrowUp']) {
+        for (let i = 0; i < 64 && !found; i++) {
+          found = (await page.evaluate(() => document.body.innerText)).includes(action.slice);
+          if (!found) {
+            await page.keyboard.press(key);
+            await page.waitForTimeout(150);
+          }
+        }
+      }
+      if (!found) {
+        throw new Error(`slice ${action.slice} not reached`);
+      }
+      await page.waitForTimeout(1000);
     }
   }
   await page.waitForTimeout(view.settleMs || 3000);

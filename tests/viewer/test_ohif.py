@@ -32,10 +32,18 @@ def views(results: Results, viewer, open_views):
         view("classification", results.cls.SeriesInstanceUID),
         # OHIF asks before it lays a SEG over its source series
         view("seg", results.seg.SeriesInstanceUID, actions=[{"click": "Yes"}, {"wait": 3000}]),
+        # the overlapping regions on the slice where the tumour is largest (all three there)
+        view("regions", results.regions.SeriesInstanceUID,
+             actions=[{"click": "Yes"}, {"wait": 3000}, {"slice": f"I:{_key_instance(results)} ("}]),
         view("capture", results.overlay.SeriesInstanceUID),
     ])
     print(f"screenshots in {open_views.out}")
     return found
+
+
+def _key_instance(results: Results) -> int:
+    z = int(np.argmax((results.labels > 0).sum(axis=(1, 2))))
+    return int(results.sources[z].InstanceNumber)
 
 
 def _pixels(view: dict[str, object]) -> tuple[np.ndarray, dict[str, float]]:
@@ -85,13 +93,13 @@ def test_classification_sr_opens_with_its_regions(views):
     assert "Grad-CAM region 1 (Glioma):" in view["text"] and "Score: 0.90" in view["text"]
 
 
-def test_seg_overlay_lies_on_the_lesion(views, results: Results):
-    view = views["seg"]
+def _overlay_on_mask(view: dict[str, object], results: Results, masks: np.ndarray) -> None:
+    """The coloured pixels of the image are on the voxels of ``masks`` (z, y, x) on the slice shown."""
     assert _errors(view) == []
     assert "Do you want to open this Segmentation?" not in view["text"]
     shown = int(re.search(r"I:\s*(\d+)", view["text"]).group(1))
     index = [int(ds.InstanceNumber) for ds in results.sources].index(shown)
-    mask = results.labels[index] > 0
+    mask = masks[index]
     assert mask.any(), "OHIF opened the SEG on a slice without lesion"
 
     rgb, box = _pixels(view)
@@ -101,7 +109,6 @@ def test_seg_overlay_lies_on_the_lesion(views, results: Results):
     # the MR is grey and OHIF's controls are blue; the segments are yellow, red and green
     coloured = ((area.max(axis=-1) - area.min(axis=-1)) > 60) & (area[..., 2] < area[..., :2].max(axis=-1))
     ys, xs = np.nonzero(coloured)
-    assert len(xs) > 30, "no SEG overlay visible"
     rows, cols = mask.shape
     scale = min(box["width"] / cols, box["height"] / rows)
     left, top = _to_screen(box, rows, cols, np.zeros((1, 2)))[0]  # the image's top left corner on screen
@@ -113,6 +120,25 @@ def test_seg_overlay_lies_on_the_lesion(views, results: Results):
     grown = grown[1:-1, 1:-1] | grown[:-2, 1:-1] | grown[2:, 1:-1] | grown[1:-1, :-2] | grown[1:-1, 2:]  # 1 voxel
     on_lesion = grown[row[inside], col[inside]]
     assert on_lesion.mean() > 0.9, f"only {on_lesion.mean():.0%} of the overlay lies on the lesion"
+
+
+def test_seg_overlay_lies_on_the_lesion(views, results: Results):
+    _overlay_on_mask(views["seg"], results, results.labels > 0)
+
+
+def test_overlapping_region_segments_lie_on_the_lesion(views, results: Results):
+    view = views["regions"]
+    union = np.logical_or.reduce(list(results.region_masks.values()))
+    _overlay_on_mask(view, results, union)
+    assert f"I:{_key_instance(results)} (" in view["text"]
+    # the nested regions show in their recommended colours: whole tumour green around enhancing tumour
+    # yellow (the tumour core lies under the enhancing tumour on this slice, drawn after it)
+    rgb, box = _pixels(view)
+    area = rgb[int(box["y"]):int(box["y"] + box["height"]), int(box["x"]):int(box["x"] + box["width"])]
+    r, g, b = area[..., 0], area[..., 1], area[..., 2]
+    green = (g > r + 40) & (g > b + 40)
+    yellow = (r > b + 80) & (g > b + 80) & (abs(r - g) < 50)
+    assert green.sum() > 200 and yellow.sum() > 200, (green.sum(), yellow.sum())
 
 
 def test_secondary_capture_displays(views):

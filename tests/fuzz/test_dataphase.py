@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pydicom
 import pytest
-from hypothesis import given
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from neuronova.scp_listener.dataphase import (
@@ -74,9 +74,29 @@ def pdvs(draw: st.DrawFn) -> bytes:
     return struct.pack(">LBB", len(value) + 2, context, control) + value
 
 
+def _store_command(message_id: int) -> bytes:
+    return encode_command([(TAG_SOP_CLASS, _pad(MR)), (TAG_COMMAND, struct.pack("<H", C_STORE_RQ)),
+                           (TAG_MSG_ID, struct.pack("<H", message_id)), (TAG_DATASET_TYPE, struct.pack("<H", 0)),
+                           (TAG_SOP_INSTANCE, _pad(SOP_INSTANCE))])
+
+
+@st.composite
+def stores(draw: st.DrawFn) -> bytes:
+    """A whole C-STORE-RQ (command, then its dataset, intact or slightly damaged), in one or two PDUs."""
+    command = _store_command(draw(st.integers(0, 0xFFFF)))
+    dataset = draw(st.one_of(st.just(DATASET), mutated(DATASET, max_mutations=1)))
+    pdv_c = struct.pack(">LBB", len(command) + 2, 1, 3) + command
+    pdv_d = struct.pack(">LBB", len(dataset) + 2, 1, 2) + dataset
+    if draw(st.booleans()):
+        return struct.pack(">BxL", P_DATA_TF, len(pdv_c) + len(pdv_d)) + pdv_c + pdv_d
+    return b"".join(struct.pack(">BxL", P_DATA_TF, len(x)) + x for x in (pdv_c, pdv_d))
+
+
 @st.composite
 def pdus(draw: st.DrawFn) -> bytes:
-    kind = draw(st.sampled_from(["data", "data", "data", "release", "abort", "other"]))
+    kind = draw(st.sampled_from(["data", "data", "store", "store", "release", "abort", "other"]))
+    if kind == "store":
+        return draw(stores())
     if kind == "data":
         body = b"".join(draw(st.lists(pdvs(), min_size=1, max_size=3)))
         return struct.pack(">BxL", P_DATA_TF, len(body)) + body
@@ -104,7 +124,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InstanceStore]:
     store.close()
 
 
-def _serve(store: InstanceStore, stream: bytes, cuts: list[int]) -> str:
+def _serve(store: InstanceStore, stream: bytes, cuts: list[int]) -> tuple[str, int]:
     ours, peer = socket.socketpair()
     try:
         peer.settimeout(5)
@@ -115,21 +135,19 @@ def _serve(store: InstanceStore, stream: bytes, cuts: list[int]) -> str:
                           implementation_uid="1.2.3", implementation_version="FUZZ")
         outcome = phase.serve()
         assert list((store.root / "tmp").iterdir()) == []
-        return outcome
+        return outcome, phase.stored
     finally:
         ours.close()
         peer.close()
 
 
 def test_a_well_formed_store_and_release(store: InstanceStore) -> None:
-    command = encode_command([(TAG_SOP_CLASS, _pad(MR)), (TAG_COMMAND, struct.pack("<H", C_STORE_RQ)),
-                              (TAG_MSG_ID, struct.pack("<H", 7)), (TAG_DATASET_TYPE, struct.pack("<H", 0)),
-                              (TAG_SOP_INSTANCE, _pad(SOP_INSTANCE))])
+    command = _store_command(7)
     pdv = struct.pack(">LBB", len(command) + 2, 1, 3) + command
     data = struct.pack(">LBB", len(DATASET) + 2, 1, 2) + DATASET
     stream = b"".join(struct.pack(">BxL", P_DATA_TF, len(x)) + x for x in (pdv, data))
     stream += struct.pack(">BxLL", A_RELEASE_RQ, 4, 0)
-    assert _serve(store, stream, []) == "released"
+    assert _serve(store, stream, []) == ("released", 1)
     assert store.path_of(SOP_INSTANCE.decode()) is not None
 
 
@@ -137,10 +155,13 @@ def test_a_well_formed_store_and_release(store: InstanceStore) -> None:
 @given(streams())
 def test_any_pdu_stream(store: InstanceStore, case: tuple[bytes, list[int]]) -> None:
     stream, cuts = case
-    assert _serve(store, stream, cuts) in OUTCOMES
+    outcome, stored = _serve(store, stream, cuts)
+    assert outcome in OUTCOMES
+    event(f"outcome {outcome}, {'some' if stored else 'no'} instance stored")
 
 
 @FUZZ
 @given(st.binary(max_size=400))
 def test_random_bytes(store: InstanceStore, stream: bytes) -> None:
-    assert _serve(store, stream, []) in OUTCOMES
+    outcome, _ = _serve(store, stream, [])
+    assert outcome in OUTCOMES

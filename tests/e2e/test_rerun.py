@@ -1,7 +1,8 @@
 """A re-run leaves exactly one result set in the PACS: a real node, a real Orthanc configured as shipped
 (orthanc/orthanc.json: OverwriteInstances) and the destination's ``orthanc=`` REST URL for removing stale
-results. Run 1 on a study with three tumours (SEG, SR, an overlay per tumour); the series' pixels change (one tumour) and the
-study is reprocessed; Orthanc then holds exactly run 2's results, with run 2's content."""
+results. Run 1 on a study with three tumours (SEG, SR, an overlay per key slice: 3); the series' pixels change
+(one tumour: 2 key slices) and the study is reprocessed; Orthanc then holds exactly run 2's results, with run
+2's content."""
 
 from __future__ import annotations
 

@@ -104,7 +104,8 @@ def _stow_once(store: InstanceStore, content_type: bytes, body: bytes, cuts: lis
 
 
 def test_a_well_formed_stow(store: InstanceStore) -> None:
-    body = b"--" + BOUNDARY + b"\r\nContent-Type: application/dicom\r\n\r\n" + VALID_PART10 + b"\r\n--" + BOUNDARY + b"--"
+    body = (b"--" + BOUNDARY + b"\r\nContent-Type: application/dicom\r\n\r\n" + VALID_PART10
+            + b"\r\n--" + BOUNDARY + b"--")
     request = _request(GOOD_STOW_TYPE, [body], max_request_bytes=1 << 20)
     assert asyncio.run(_stow(request, store, None)).status_code == 200
 

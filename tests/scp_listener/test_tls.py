@@ -92,10 +92,12 @@ def _files(tmp_path: Path, n: int) -> list[Path]:
     return out
 
 
-def test_storescu_over_tls_stores(listener: Listener, pki: Pki, tmp_path: Path) -> None:
+# dcmtk's BCP 195 profiles: non-downgrading (its default), plain, extended
+@pytest.mark.parametrize("profile", ["+py", "+px", "+pz"])
+def test_storescu_over_tls_stores(listener: Listener, pki: Pki, tmp_path: Path, profile: str) -> None:
     files = _files(tmp_path, 5)
     proc = storescu(listener.port, files, extra=["+tls", str(pki.client_key), str(pki.client_cert),
-                                                  "+cf", str(pki.ca)])
+                                                  "+cf", str(pki.ca), profile])
     assert proc.returncode == 0, proc.stderr
     assert listener.stored() == 5
 

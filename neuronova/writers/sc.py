@@ -129,6 +129,13 @@ def render_overlay(
     return out
 
 
+def default_series_description(source: Dataset) -> str:
+    """"AI Grad-CAM CT" / "AI Grad-CAM MR": what tells the overlay series apart comes first, and short, so
+    that it is still readable in a viewer's narrow series list (the demo warning is appended after it)."""
+    modality = str(source.get("Modality", "") or "").strip()
+    return f"AI Grad-CAM {modality}".strip()
+
+
 def patient_orientation(image: Dataset) -> tuple[str, str]:
     """Single-letter Patient Orientation of the source's rows and columns (oblique planes rounded)."""
     orientation = image.get("ImageOrientationPatient")
@@ -193,7 +200,7 @@ def write_overlay(
         patient_orientation=patient_orientation(source),
         transfer_syntax_uid=pydicom.uid.ExplicitVRLittleEndian,
         contributing_equipment=[algorithm.contributing_equipment()],
-        series_description=make_series_description(series_description, f"{algorithm.name} overlay", algorithm),
+        series_description=make_series_description(series_description, default_series_description(source), algorithm),
         **equipment_kwargs(algorithm),
     )
     finish_equipment(sc, source, algorithm)

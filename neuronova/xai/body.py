@@ -83,3 +83,15 @@ def resize_mask(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         raise ValueError(f"cannot resize a {mask.ndim}-D mask to shape {shape}")
     index = [np.minimum(((np.arange(n) + 0.5) * m / n).astype(np.int64), m - 1) for n, m in zip(shape, mask.shape)]
     return mask[np.ix_(*index)]
+
+
+def heatmap_on_image(heatmap: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """A 2-D heatmap from a network's input grid on the pixel grid of ``image`` (the slice shown), restricted
+    to the body found in that image at its own resolution (exact at the skin, where a mask found at the
+    network's coarser input is up to a pixel off) and rescaled to a peak of 1 inside it."""
+    from neuronova.xai.images import resize_heatmap  # images imports nothing from here: no cycle at import
+
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise ValueError(f"expected a 2-D image, got shape {image.shape}")
+    return restrict_to_body(resize_heatmap(heatmap, image.shape), body_mask(image))

@@ -57,7 +57,11 @@ def blend_heatmap(
 
 def resize_heatmap(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of a [0, 1] heatmap to ``shape`` (rows, columns), e.g. from the model's input
-    size back to the slice's own pixel grid; the result stays in [0, 1]."""
+    size back to the slice's own pixel grid; the result stays in [0, 1].
+
+    Pixels whose nearest source pixel is 0 stay 0: a map restricted to the body (body.py) must not bleed
+    into the air around it when it is enlarged (bilinear interpolation alone spreads the edge of the head
+    one source pixel outwards)."""
     heat = _check_heatmap(heatmap)
     if heat.shape == tuple(shape):
         return heat
@@ -65,7 +69,8 @@ def resize_heatmap(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         raise ValueError(f"expected a (rows, columns) shape, got {shape}")
     factors = (shape[0] / heat.shape[0], shape[1] / heat.shape[1])
     resized = ndimage.zoom(heat, factors, order=1, mode="nearest", grid_mode=True)
-    return np.clip(resized, 0.0, 1.0).astype(np.float32, copy=False)
+    support = ndimage.zoom((heat > 0).astype(np.uint8), factors, order=0, mode="nearest", grid_mode=True) > 0
+    return np.clip(np.where(support, resized, 0.0), 0.0, 1.0).astype(np.float32, copy=False)
 
 
 def heatmap_rgb(heatmap: np.ndarray, *, colormap: str = DEFAULT_COLORMAP) -> np.ndarray:

@@ -125,16 +125,31 @@ def _report(
     library_images: Sequence[pydicom.Dataset],
     notes: hd.sr.ContainerContentItem | None,
 ) -> hd.sr.MeasurementReport:
+    placeholder = not groups
+    if placeholder and notes is None:
+        raise ValueError("a report needs a measurement group or a qualitative evaluation")
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(algorithm),
         procedure_reported=codes.cid100.ImagingProcedure,
-        imaging_measurements=groups,  # type: ignore[arg-type]
+        imaging_measurements=groups or [_placeholder_group()],  # type: ignore[arg-type]
         referenced_images=list(library_images) or None,
     )
+    content = report[0].ContentSequence
+    if placeholder:
+        # Nothing was segmented: no group has a region to show. TID 1500 then needs only the Qualitative
+        # Evaluations (its Imaging Measurements container is conditional), but highdicom 0.28 insists on
+        # one group, so the container with the placeholder is taken out again.
+        content[:] = [item for item in content if item.ConceptNameCodeSequence[0].CodeValue != "126010"]
     if notes is not None:
         # highdicom 0.28 builds TID 1500 rows 1-9 only; row 12 (Qualitative Evaluations) is appended here.
-        report[0].ContentSequence.append(notes)
+        content.append(notes)
     return report
+
+
+def _placeholder_group() -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(identifier="removed before writing")
+    )
 
 
 def _document(
@@ -323,9 +338,7 @@ def write_segmentation_report(
             )
         )
     if not groups:
-        # TID 1500 needs at least one measurement group only when Imaging Measurements is present:
-        # highdicom then omits it and the report holds the texts alone.
-        logger.info("no segment has voxels: the report holds no measurement group")
+        logger.info("no segment has voxels: the report holds no measurement group, only its texts")
 
     report = _report(
         algorithm=algorithm,

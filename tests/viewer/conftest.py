@@ -87,7 +87,8 @@ def _heat(mask: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> Results:
-    """A 24-slice MR with one tumour, its SEG, TID 1500 SR, a classification SR and a Grad-CAM capture."""
+    """A 24-slice MR with one tumour, its SEG (labels and overlapping regions), TID 1500 SR, a classification
+    SR and a Grad-CAM capture."""
     study = make_mr_study(7, shape=(24, 128, 128), n_tumours=1)
     sources, labels, names = study.datasets, study.labels, dict(TUMOUR_LABELS)
     algorithm = AlgorithmInfo(name="NeuroNova MRI tumour segmentation", version="0.1.0",
@@ -122,8 +123,8 @@ def results(tmp_path_factory) -> Results:
         ds.save_as(path, enforce_file_format=True)
         assert dciodvfy_errors(path) == [], name
         files.append(path)
-    return Results(sources=sources, labels=labels, seg=seg, regions=regions, region_masks=region_masks, sr=sr, cls=cls, overlay=overlay, stats=stats,
-                   files=files)
+    return Results(sources=sources, labels=labels, seg=seg, regions=regions, region_masks=region_masks, sr=sr,
+                   cls=cls, overlay=overlay, stats=stats, files=files)
 
 
 @pytest.fixture(scope="module")

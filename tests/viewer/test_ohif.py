@@ -1,7 +1,7 @@
 """The node's results in OHIF v3 (3.13.2, prebuilt) in headless Chromium, against a real Orthanc.
 
-One browser run opens four views; each check reads the screenshot's pixels or the page's text:
-the SEG overlay lies on the lesion's voxels of the slice shown, the TID 1500 SR opens without an error
+One browser run opens five views; each check reads the screenshot's pixels or the page's text:
+the SEG overlays (label map and overlapping regions) lie on the lesion's voxels of the slice shown, the TID 1500 SR opens without an error
 and draws each measurement where it was measured with its label in words, the classification SR opens,
 and the Grad-CAM capture displays. Screenshots stay in the pytest tmp dir (printed with -s).
 """
@@ -16,6 +16,7 @@ from PIL import Image
 
 from tests.viewer.conftest import Results
 
+pytestmark = pytest.mark.slow
 CANVAS = "canvas.cornerstone-canvas"
 
 
@@ -145,6 +146,7 @@ def test_secondary_capture_displays(views):
     view = views["capture"]
     assert _errors(view) == []
     rgb, box = _pixels(view)
-    area = rgb[int(box["y"]) + 6: int(box["y"] + box["height"]) - 6, int(box["x"]) + 6: int(box["x"] + box["width"]) - 6]
+    x0, y0 = int(box["x"]) + 6, int(box["y"]) + 6
+    area = rgb[y0: int(box["y"] + box["height"]) - 6, x0: int(box["x"] + box["width"]) - 6]
     colourful = ((area.max(axis=-1) - area.min(axis=-1)) > 80).mean()
     assert colourful > 0.02, f"the Grad-CAM capture shows {colourful:.1%} coloured pixels"

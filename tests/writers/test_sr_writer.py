@@ -332,3 +332,15 @@ def test_indeterminate_classification_is_a_valid_report_that_says_so(tmp_path, s
     # the regions explain the most probable class
     assert [g.finding_type for g in groups[3:]] == [nn_codes.GLIOMA, nn_codes.GLIOMA]
     assert all(m["scoords"] for m in _viewer_measurements(sr).values())
+
+
+def test_nothing_segmented_gives_a_valid_report_of_texts(tmp_path, source_images, labels, label_names, algorithm):
+    empty = np.zeros_like(labels)
+    seg = write_segmentation(source_images, empty, label_names, algorithm=algorithm, series_number=901)
+    sr = _seg_report(source_images, seg, compute_segment_stats(source_images, empty, label_names), algorithm)
+    errors, warnings = dicom3tools("dciodvfy", save(sr, tmp_path, "sr"))
+    assert errors == [] and warnings == []
+    # no measurement group (none would have a region a viewer can show), the volumes said in words
+    assert not [i for i in _items(sr) if i.ConceptNameCodeSequence[0].CodeValue in ("126010", "125007")]
+    assert [t for t in _texts(sr) if "0 mL" in t] == [f"{name}: 0 mL (no voxels segmented)"
+                                                      for name in label_names.values()]

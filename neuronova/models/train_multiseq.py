@@ -106,10 +106,12 @@ def _crop(image: np.ndarray, labels: np.ndarray, patch: Sequence[int], rng: np.r
     return image[(slice(None), *box)].astype(np.float32), labels[box]
 
 
-def train(model_dir: Path, *, seed: int = 0, quick: bool = False) -> ModelMetadata:
+def train(model_dir: Path, *, seed: int = 0, quick: bool = False, steps: int | None = None) -> ModelMetadata:
     """Train, export (weights.npz, model.onnx) and write metadata.json into ``model_dir``."""
     cfg: dict[str, Any] = {"n_train": 3, "steps": 3, "batch": 1, "patch": [32, 32, 32], "lr": 3e-3} if quick else {
         "n_train": 32, "steps": 450, "batch": 2, "patch": [48, 48, 48], "lr": 1e-2}
+    if steps is not None:
+        cfg["steps"] = int(steps)
     params = {"spatial_dims": 3, "in_channels": len(ROLES), "out_channels": 4, "channels": [8, 16, 32, 64],
               "strides": [2, 2, 2], "num_res_units": 1, "norm": "batch"}
     previous_threads = torch.get_num_threads()
@@ -273,11 +275,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("out_dir", type=Path, help="models directory; the model goes to <out_dir>/" + MODEL_ID)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="a few steps (tests)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default 450)")
     parser.add_argument("--evaluate-only", action="store_true", help="measure an already trained model")
     args = parser.parse_args(argv)
     model_dir = args.out_dir / MODEL_ID
     if not args.evaluate_only:
-        train(model_dir, seed=args.seed, quick=args.quick)
+        train(model_dir, seed=args.seed, quick=args.quick, steps=args.steps)
     if args.quick:
         return
     metrics = evaluate(model_dir, seed=args.seed)

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 #: Series numbers of the results, after settings.series_number_base (the single-series pipeline uses 1-3).
 SEG_OFFSET, SR_OFFSET, SC_OFFSET = 11, 12, 13
+#: Grad-CAM pads the grid to a multiple of this (the UNets' total stride: 2 ** 3 levels; 32 covers deeper ones).
+_CAM_MULTIPLE = 32
 
 
 @dataclass
@@ -173,9 +175,18 @@ def _explain(model_input: ModelInput, target: tuple[torch.nn.Module, torch.nn.Mo
 
     module, layer = target
     device = next(module.parameters()).device
-    tensor = torch.from_numpy(model_input.image[None]).to(device)
+    image = model_input.image
+    # One forward over the whole grid (the network is fully convolutional), padded to a multiple of the
+    # network's total stride with each channel's background value, then cropped back.
+    shape = image.shape[1:]
+    padded = [int(np.ceil(n / _CAM_MULTIPLE) * _CAM_MULTIPLE) for n in shape]
+    big = np.empty((image.shape[0], *padded), np.float32)
+    big[:] = image.reshape(image.shape[0], -1).min(1)[:, None, None, None]
+    big[:, : shape[0], : shape[1], : shape[2]] = image
+    tensor = torch.from_numpy(big[None]).to(device)
     exp = explain_segmentation(module, layer, tensor, time_budget_s=budget)
-    return np.clip(model_input.to_reference(exp.cam[None].astype(np.float32))[0], 0.0, 1.0)
+    cam = exp.cam[: shape[0], : shape[1], : shape[2]]
+    return np.clip(model_input.to_reference(cam[None].astype(np.float32))[0], 0.0, 1.0)
 
 
 def _write(context: PipelineContext, pipeline: str, algorithm_name: str, model: Any, result: StudySegmentation,

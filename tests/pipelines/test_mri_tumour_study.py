@@ -1,0 +1,80 @@
+"""The study pipeline end to end on a stored four-sequence phantom study: routed into one job, run with the
+shipped demo model, its SEG/SR/overlays valid (dciodvfy) and drawn on the reference series' voxels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from neuronova.jobs.service import on_study_stable
+from neuronova.jobs.store_sqlite import SqliteJobStore
+from neuronova.models import ModelRegistry
+from neuronova.models.multiseq import StudySegmentationModel
+from neuronova.models.volumetric import VolumeSegmenter
+from neuronova.phantoms.study import make_study, small_protocol
+from neuronova.pipelines.mri_tumour_study import MriTumourStudy
+from neuronova.pipelines.registry import PipelineContext, pipelines
+from neuronova.routing.rules import load_rules
+from neuronova.store import InstanceStore
+from tests.conftest import dciodvfy_errors
+from tests.jobs.helpers import encode, settings_for
+
+
+def test_demo_model_loads_as_a_volume_segmenter() -> None:
+    registry = ModelRegistry.load(device="cpu", model_ids=("mri_tumour_study",))
+    model = registry.get("mri_tumour_study")
+    assert isinstance(model, StudySegmentationModel) and isinstance(model, VolumeSegmenter)
+    assert model.roles == ("t1c", "t1", "t2", "flair") and model.optional_roles == {"t1", "t2"}
+    assert model.preprocessing.pixdim == (2.0, 2.0, 2.0) and model.postprocessing.activation == "softmax"
+    assert model.gradcam_module() is not None
+
+
+@pytest.mark.parametrize("drop", [(), ("t2",)])
+def test_study_job_writes_valid_results_on_the_reference(tmp_path: Path, drop: tuple[str, ...]) -> None:
+    study = make_study(950003, protocol=small_protocol(), n_tumours=1)  # a glioma of about 65 mL
+    store = InstanceStore(tmp_path / "data")
+    jobs = SqliteJobStore(tmp_path / "data" / "jobs.sqlite3")
+    try:
+        for role, series in study.series.items():
+            if role not in drop:
+                for ds in series.datasets:
+                    store.put(encode(ds))
+        [job] = on_study_stable(study.study_instance_uid, 1, store=store, jobs=jobs, rules=load_rules(),
+                                pipelines=pipelines(), enqueue=lambda job_id, **kw: None)
+        assert job.pipeline == "mri_tumour_study"
+        seen: list[float] = []
+        context = PipelineContext(job=job, store=store, settings=settings_for(tmp_path / "data"),
+                                  progress=seen.append)
+        result = MriTumourStudy()(context=context)
+    finally:
+        jobs.close()
+        store.close()
+    summary = result.summary
+    reference = study.series["t1c"]
+    assert summary["inputs"] == {r: s.series_instance_uid for r, s in study.series.items() if r not in drop}
+    assert summary["reference"]["role"] == "t1c" and summary["zero_filled_roles"] == list(drop)
+    assert seen == sorted(seen) and seen[-1] == 90
+    seg, sr, *overlays = result.datasets
+    assert seg.Modality == "SEG" and sr.Modality == "SR" and overlays
+    for i, ds in enumerate(result.datasets):
+        path = tmp_path / f"out{i}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        assert dciodvfy_errors(path) == [], ds.Modality
+    # the SEG's frames sit on the reference (T1c) slices, where the tumour is
+    reference_uids = {ds.SOPInstanceUID: k for k, ds in enumerate(sorted(
+        reference.datasets, key=lambda d: float(np.dot(d.ImagePositionPatient,
+                                                     np.cross(d.ImageOrientationPatient[:3],
+                                                              d.ImageOrientationPatient[3:])))))}
+    seg = pydicom.dcmread(tmp_path / "out0.dcm")
+    found = np.zeros(reference.labels.shape, bool)
+    for frame, item in zip(seg.pixel_array.reshape(-1, *reference.labels.shape[1:]),
+                           seg.PerFrameFunctionalGroupsSequence, strict=True):
+        uid = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        found[reference_uids[uid]] |= frame.astype(bool)
+    truth = reference.labels > 0
+    dice = 2 * (found & truth).sum() / (found.sum() + truth.sum())
+    assert dice > 0.8, dice
+    assert summary["volumes_ml"]["whole tumour"] > 0 and summary["xai"]["slices"] > 0

@@ -67,10 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, required=True, help="model directory to write")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--quick", action="store_true", help="a short run (smoke test), not the shipped quality")
+    train.add_argument("--study-model", action="store_true",
+                       help="also train the four-sequence study model (mri_tumour_study) and measure it on held-out studies")
     return parser
 
 
 _NOT_SETTINGS = {"command", "models_command", "log_level", "sub", "ttl", "out", "seed", "quick"}
+_NOT_SETTINGS |= {"study_model"}
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -119,6 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from neuronova.models.train_demo import main as train_main
 
             train_main(args.out, seed=args.seed, quick=args.quick)
+            if args.study_model:
+                from neuronova.models.train_multiseq import main as train_study_main
+
+                train_study_main([str(args.out), "--seed", str(args.seed), *(["--quick"] if args.quick else [])])
             return 0
     except ConfigError as exc:
         print(f"neuronova: {exc}", file=sys.stderr)

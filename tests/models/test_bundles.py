@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 import json
 import pickletools
+import shutil
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -197,8 +199,6 @@ def test_bundle_status_on_health_and_hash_over_its_files(brats: Path, tmp_path: 
     assert "tumour core" in status["description"] and "inputs t1c, t1, t2, flair" in status["description"]
     assert entry.model.runtime_status()["backend"] == "torch"
     copy_dir = tmp_path / "brats_mri_segmentation"
-    import shutil
-
     shutil.copytree(brats, copy_dir)
     assert read_bundle_info(copy_dir).model_hash == status["model_hash"]
     (copy_dir / "docs" / "README.md").write_text("# changed\n")
@@ -395,9 +395,7 @@ def test_inputs_the_node_cannot_name_need_neuronova_json(tmp_path: Path) -> None
     assert "colour" in _refused(bundle)
 
 
-def test_registry_keeps_loading_the_other_models(tmp_path: Path, brats: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import shutil
-
+def test_registry_keeps_loading_the_other_models(tmp_path: Path, brats: Path) -> None:
     root = tmp_path / "models"
     shutil.copytree(brats, root / "brats_mri_segmentation")
     config = copy.deepcopy(BRATS_INFERENCE)
@@ -424,7 +422,7 @@ def test_study_models_load_lazily_and_a_missing_module_is_a_reason(tmp_path: Pat
         "id": "study_model", "name": "Study model", "version": "0.1", "task": "segmentation",
         "labels": {"1": "whole tumour"}, "input": {"roles": ["t1c", "flair"]}, "output": {"activation": "sigmoid"},
         "intended_use": "tests"}))
-    monkeypatch.setitem(__import__("sys").modules, "neuronova.models.multiseq", None)  # as if not built yet
+    monkeypatch.setitem(sys.modules, "neuronova.models.multiseq", None)  # as if not built yet
     entry = load_model(model_dir, device="cpu", warmup=False)
     assert not entry.loaded and "study segmentation models are not available" in str(entry.error)
     assert entry.status()["layout"] == "node_study" and entry.status()["name"] == "Study model"

@@ -125,3 +125,55 @@ def test_good_copy_loads_and_is_warmed_up(ct_copy):
     assert isinstance(entry.model, ClassificationModel)
     assert entry.model.providers == ["CPUExecutionProvider"]
     assert entry.model.model_hash == read_metadata(ct_copy).model_hash
+
+
+def test_layouts_are_detected_and_study_cards_load_the_study_model(tmp_path):
+    """A node-layout segmentation card with input.roles loads as the study model (torch + ONNX weights); the same
+    card without weights.npz and architecture is an ONNX-only model; a directory with neither card is refused."""
+    import torch
+    from monai.networks.nets import UNet
+
+    from neuronova.models.multiseq import StudySegmentationModel
+    from neuronova.models.onnx_only import is_onnx_only
+    from neuronova.models.registry import detect_layout
+    from neuronova.models.runtime import save_weights
+    from neuronova.models.train_demo import export_onnx
+    from neuronova.models.volumetric import VolumeSegmenter
+
+    params = {"spatial_dims": 3, "in_channels": 2, "out_channels": 2, "channels": [8, 16], "strides": [2],
+              "num_res_units": 1}
+    torch.manual_seed(0)
+    net = UNet(**params).eval()
+    study = tmp_path / "study"
+    study.mkdir()
+    save_weights(net, study / "weights.npz")
+    example = torch.randn((1, 2, 16, 16, 16), generator=torch.Generator().manual_seed(0))
+    export_onnx(net, example, study / "model.onnx", dynamic_batch=True)
+    card = {"id": "study", "name": "Two-role study model", "version": "0.1", "task": "segmentation",
+            "labels": {"1": "whole tumour"}, "input": {"roles": ["t1c", "flair"], "roi_size": [16, 16, 16]},
+            "output": {"activation": "softmax"}, "intended_use": "tests",
+            "architecture": {"name": "monai.networks.nets.UNet", "params": params},
+            "files": {name: sha256_file(study / name) for name in ("weights.npz", "model.onnx")}}
+    (study / "metadata.json").write_text(json.dumps(card))
+    entry = load_model(study, device="cpu", warmup=False)
+    assert entry.loaded, entry.error
+    assert isinstance(entry.model, StudySegmentationModel) and isinstance(entry.model, VolumeSegmenter)
+    assert entry.status()["layout"] == "node_study" and entry.status()["gradcam"] is True
+
+    onnx_only = tmp_path / "onnx_only"
+    onnx_only.mkdir()
+    shutil.copy(study / "model.onnx", onnx_only / "model.onnx")
+    card.update(id="onnx_only", architecture=None, files={"model.onnx": card["files"]["model.onnx"]})
+    (onnx_only / "metadata.json").write_text(json.dumps(card))
+    assert is_onnx_only(onnx_only, read_metadata(onnx_only))
+    entry = load_model(onnx_only, device="cpu", warmup=False)
+    assert entry.loaded, entry.error
+    assert entry.status()["layout"] == "onnx_only" and entry.status()["gradcam"] is False
+    image = np.random.default_rng(0).normal(size=(2, 20, 18, 16)).astype(np.float32)
+    np.testing.assert_allclose(entry.model.infer(image), load_model(study, device="cpu", warmup=False).model.infer(image),
+                               atol=1e-3)
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="neither metadata.json nor configs/metadata.json"):
+        detect_layout(tmp_path / "empty")
+    assert "neither metadata.json" in load_model(tmp_path / "empty").error

@@ -7,8 +7,9 @@ spacing), with a Real World Value Mapping that says what the numbers are: "Grad-
 relevance, and everything outside the body) to 1 (the region that drove the result).
 
 One frame per source slice: the caller decides which slices (the whole MR volume, whose map is 3-D and
-which viewers overlay as a volume, or the one CT slice that was explained) and passes their datasets in the
-order of the map's frames.
+which viewers overlay as a volume, or the one CT slice that was explained) and passes their datasets with
+the map, ``values[k]`` belonging to ``source_images[k]``; highdicom stores the frames in spatial order, each
+with its position and a reference to its source slice.
 """
 
 from __future__ import annotations

@@ -39,6 +39,21 @@ def test_render_overlay_blends_heatmap_and_outline(source_images, labels):
         assert not outline[interior].any()
 
 
+def test_heatmap_is_transparent_where_low_and_keeps_the_grey_image_where_high(source_images):
+    gray = _gray(source_images)
+    plain = render_overlay(gray, window=(500, 1000)).astype(int)
+    heat = np.zeros(gray.shape)
+    heat[:, 32:] = np.linspace(0.0, 1.0, 32)  # a ramp to the right half, nothing on the left
+    rgb = render_overlay(gray, heat, window=(500, 1000)).astype(int)
+    low = heat <= 0.2
+    np.testing.assert_array_equal(rgb[low], plain[low])  # no tint at all where the map is low
+    # at the peak the colour covers at most 60 %: the anatomy's contrast shows through the heat
+    hot = heat >= 0.99
+    grey_contrast = np.ptp(plain[hot][:, 0])
+    assert grey_contrast > 0 and np.ptp(rgb[hot][:, 1]) >= 0.3 * grey_contrast
+    assert (rgb[hot][:, 0] > rgb[hot][:, 2] + 20).all()  # red over the hottest pixels
+
+
 def test_render_overlay_windowing_and_note(source_images):
     gray = _gray(source_images)
     narrow = render_overlay(gray, window=(-10, 1))  # everything above the window: white
@@ -80,7 +95,11 @@ def test_demo_overlay_is_valid_with_burned_in_warning(tmp_path, source_images, l
     assert changed[:16].sum() > 20 and not changed[32:].any()  # the warning sits in the top band only
     red = (pixels[..., 0] > 200) & (pixels[..., 1] < 100)
     assert red[:16].sum() > 5
-    assert read.SeriesDescription.endswith("NOT FOR CLINICAL USE")
+    # what tells the series apart comes first; short enough for a viewer's series list
+    assert read.SeriesDescription == "AI Grad-CAM MR - NOT FOR CLINICAL USE"
+    named = write_overlay(source, rgb, algorithm=algorithm, series_number=904, instance_number=1,
+                          series_description="AI Grad-CAM tumour")
+    assert named.SeriesDescription == "AI Grad-CAM tumour - NOT FOR CLINICAL USE"
 
     (ref,) = read.SourceImageSequence
     assert (ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID) == (source.SOPClassUID, source.SOPInstanceUID)

@@ -20,9 +20,6 @@ from tests.outbox.conftest import ShippedOrthanc
 
 pytestmark = pytest.mark.slow
 
-RESULT_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.7"}
-
-
 def _wait(predicate, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -42,14 +39,14 @@ def _job(node, study_uid: str, run: int) -> dict | None:
 
 
 def _orthanc_results(orthanc: ShippedOrthanc, study_uid: str) -> dict[str, pydicom.Dataset]:
-    """Every result instance Orthanc holds in the study, read back as files, by SOP Instance UID."""
+    """Every instance Orthanc holds in the study (the inputs go to the node only, so all are results, whatever
+    their kind: SEG, SR, SC, parametric map...), read back as files, by SOP Instance UID."""
     r = httpx.get(f"{orthanc.url}/dicom-web/studies/{study_uid}/instances", timeout=10)
     out = {}
     for item in r.json() if r.status_code == 200 else []:
-        if item["00080016"]["Value"][0] in RESULT_SOP_CLASSES:
-            uid = item["00080018"]["Value"][0]
-            oid = httpx.post(f"{orthanc.url}/tools/lookup", content=uid, timeout=10).json()[0]["ID"]
-            out[uid] = pydicom.dcmread(io.BytesIO(httpx.get(f"{orthanc.url}/instances/{oid}/file", timeout=30).content))
+        uid = item["00080018"]["Value"][0]
+        oid = httpx.post(f"{orthanc.url}/tools/lookup", content=uid, timeout=10).json()[0]["ID"]
+        out[uid] = pydicom.dcmread(io.BytesIO(httpx.get(f"{orthanc.url}/instances/{oid}/file", timeout=30).content))
     return out
 
 

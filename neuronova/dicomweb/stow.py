@@ -80,8 +80,8 @@ class _StowState:
     def on_headers_finished(self) -> None:
         ctype, _ = parse_options_header(self.headers.get(b"content-type", b"application/dicom"))
         if ctype != b"application/dicom":
-            self.part_error = NeuroNovaError(f"part media type {ctype.decode(errors='replace')} is not application/dicom",
-                                             reason="media_type")
+            media = ctype.decode(errors="replace")
+            self.part_error = NeuroNovaError(f"part media type {media} is not application/dicom", reason="media_type")
             self.part_error.dicom_status = SOP_CLASS_NOT_SUPPORTED
             return
         try:

@@ -4,7 +4,6 @@ nothing stored before changes when an instance is refused."""
 
 from __future__ import annotations
 
-import io
 import re
 import secrets
 import sqlite3

@@ -48,6 +48,8 @@ class StudySegmentation:
     masks: dict[str, np.ndarray]
     volumes_ml: dict[str, float]
     inference_seconds: float
+    #: prepare (resampling, normalisation), network (windows, activation), inverse (back to the reference)
+    timings: dict[str, float]
 
     @property
     def reference(self) -> Volume:
@@ -87,8 +89,13 @@ def segment_study(volumes: dict[str, Volume], model: VolumeSegmenter, *, referen
     started = time.perf_counter()
     model_input = prepare(volumes, roles=model.roles, optional_roles=model.optional_roles,
                           preprocessing=model.preprocessing, reference=reference)
+    t_prepared = time.perf_counter()
     probabilities = model.infer(model_input.image)
+    t_inferred = time.perf_counter()
     on_reference = model_input.to_reference(probabilities)
+    t_back = time.perf_counter()
+    timings = {"prepare_s": round(t_prepared - started, 3), "network_s": round(t_inferred - t_prepared, 3),
+               "inverse_s": round(t_back - t_inferred, 3)}
     post = model.postprocessing
     voxel_ml = model_input.reference.voxel_volume_ml
     labels, names, masks, volumes_ml = None, {}, {}, {}
@@ -102,7 +109,8 @@ def segment_study(volumes: dict[str, Volume], model: VolumeSegmenter, *, referen
         masks = {r.name: on_reference[r.index] > post.threshold for r in post.regions}
         volumes_ml = {name: round(float(m.sum()) * voxel_ml, 3) for name, m in masks.items()}
     return StudySegmentation(model_input=model_input, labels=labels, label_names=names, masks=masks,
-                             volumes_ml=volumes_ml, inference_seconds=time.perf_counter() - started)
+                             volumes_ml=volumes_ml, inference_seconds=time.perf_counter() - started,
+                             timings=timings)
 
 
 class MriTumourStudy(ModelPipeline):
@@ -160,7 +168,7 @@ class MriTumourStudy(ModelPipeline):
             "model_space": {"axcodes": model.preprocessing.axcodes, "pixdim": model.preprocessing.pixdim,
                             "shape": list(inp.image.shape[1:]), "normalisation": model.preprocessing.normalisation},
             "runtime": {"backend": model.runtime.backend, "device": model.runtime.device},
-            "activation": model.postprocessing.activation,
+            "activation": model.postprocessing.activation, "inference_timings": result.timings,
             "volumes_ml": result.volumes_ml, "segments": stats_summary,
             "key_slices": [{"index": z, "sop_instance_uid": inp.reference.datasets[z].SOPInstanceUID} for z in keys],
             "xai": {"method": "grad_cam", "slices": len(keys) if cam is not None else 0,

@@ -52,6 +52,7 @@ class Results:
     regions: pydicom.Dataset
     region_masks: dict[str, np.ndarray]
     sr: pydicom.Dataset
+    empty_sr: pydicom.Dataset
     cls: pydicom.Dataset
     overlay: pydicom.Dataset
     stats: list[SegmentStat]
@@ -103,6 +104,12 @@ def results(tmp_path_factory) -> Results:
                     "enhancing tumour": enhancing}
     regions = write_region_segmentation(sources, region_masks, algorithm=algorithm, series_number=1005,
                                         pipeline="mri_regions")
+    # a run that found nothing (another pipeline name, so other UIDs): its report holds texts only
+    nothing = np.zeros_like(labels)
+    empty_seg = write_segmentation(sources, nothing, names, algorithm=algorithm, series_number=1006,
+                                   pipeline="mri_nothing")
+    empty_sr = write_segmentation_report(sources, empty_seg, compute_segment_stats(sources, nothing, names),
+                                         algorithm=algorithm, series_number=1007, pipeline="mri_nothing")
     tumour = labels > 0
     z = int(np.argmax(tumour.sum(axis=(1, 2))))
     cls = write_classification_report(
@@ -118,13 +125,13 @@ def results(tmp_path_factory) -> Results:
 
     out = tmp_path_factory.mktemp("results")
     files = write_series(sources, out / "mr")
-    for name, ds in [("seg", seg), ("regions", regions), ("sr", sr), ("cls", cls), ("sc", overlay)]:
+    for name, ds in [("seg", seg), ("regions", regions), ("sr", sr), ("empty_sr", empty_sr), ("cls", cls), ("sc", overlay)]:
         path = out / f"{name}.dcm"
         ds.save_as(path, enforce_file_format=True)
         assert dciodvfy_errors(path) == [], name
         files.append(path)
     return Results(sources=sources, labels=labels, seg=seg, regions=regions, region_masks=region_masks, sr=sr,
-                   cls=cls, overlay=overlay, stats=stats, files=files)
+                   empty_sr=empty_sr, cls=cls, overlay=overlay, stats=stats, files=files)
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +161,7 @@ def open_views(tmp_path_factory):
     """Run ohif.js on view specs; returns its results, screenshots under a pytest tmp dir."""
     out = tmp_path_factory.mktemp("screenshots")
 
-    def run(views: list[dict[str, object]], timeout: float = 150) -> dict[str, dict[str, object]]:
+    def run(views: list[dict[str, object]], timeout: float = 300) -> dict[str, dict[str, object]]:
         spec = out / "spec.json"
         spec.write_text(json.dumps({"chromium": str(CHROMIUM), "userDataDir": str(out / "profile"),
                                     "outDir": str(out), "views": views}))

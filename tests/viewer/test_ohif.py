@@ -31,6 +31,8 @@ def views(results: Results, viewer, open_views):
     found = open_views([
         view("sr", results.sr.SeriesInstanceUID),
         view("classification", results.cls.SeriesInstanceUID),
+        # nothing to draw: OHIF may show no image canvas, so no wait for one
+        view("empty_sr", results.empty_sr.SeriesInstanceUID, waitFor=None, settleMs=6000),
         # OHIF asks before it lays a SEG over its source series
         view("seg", results.seg.SeriesInstanceUID, actions=[{"click": "Yes"}, {"wait": 3000}]),
         # the overlapping regions on the slice where the tumour is largest (all three there)
@@ -86,6 +88,14 @@ def test_sr_opens_and_draws_each_measurement_where_it_was_measured(views, result
     ys, xs = np.nonzero(green)
     near = [np.min(np.hypot(xs - x, ys - y)) <= 4 for x, y in outline[:: max(1, len(outline) // 40)]]
     assert np.mean(near) > 0.8, f"only {np.mean(near):.0%} of the outline is drawn where it was measured"
+
+
+def test_report_of_nothing_segmented_opens_without_error(views):
+    """A report without measurement groups (its 0 mL are texts) raises no error; OHIF 3.13.2 has nothing to
+    draw for it and leaves the viewport black (seen in the screenshot): it shows no SR text content."""
+    view = views["empty_sr"]
+    assert _errors(view) == []
+    assert "AI SR tumour volumes" in view["text"] and "Volume:" not in view["text"]
 
 
 def test_classification_sr_opens_with_its_regions(views):

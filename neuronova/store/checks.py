@@ -61,6 +61,9 @@ class TextWarning:
         return f"{self.keyword}: {self.rule}"
 
 
+FLOAT_PIXEL_DATA, DOUBLE_PIXEL_DATA = 0x7FE00008, 0x7FE00009
+
+
 def _us(scanned: ScannedInstance, name: str) -> int | None:
     raw = scanned.header.get(name)
     if raw is None or len(raw) != 2:
@@ -80,7 +83,10 @@ def _refuse(cls: type[Exception], message: str, *, reason: str) -> Exception:
 def check_instance(scanned: ScannedInstance, *, max_decoded_bytes: int) -> list[TextWarning]:
     """Refuse (raise) what the node cannot use; return the text warnings of what it stores as sent."""
     _check_content(scanned)
-    if scanned.pixel is not None or "Rows" in scanned.header:
+    # Float and Double Float Pixel Data (Parametric Maps) have no BitsStored/HighBit/PixelRepresentation:
+    # the integer Image Pixel module's arithmetic applies to Pixel Data (7FE0,0010) only.
+    floats = FLOAT_PIXEL_DATA in scanned.tags or DOUBLE_PIXEL_DATA in scanned.tags
+    if scanned.pixel is not None or ("Rows" in scanned.header and not floats):
         _check_pixels(scanned, max_decoded_bytes=max_decoded_bytes)
     return text_warnings(scanned)
 

@@ -6,7 +6,10 @@ and sends the SEG, the SR and the overlays back by C-STORE. The time is split in
 StableAge, its forwarding, the node's own stable time), queue (job created -> started), the pipeline's
 steps (load, inference, explanation, writing) and sending (pipeline end -> every result acknowledged).
 
-Usage: .venv/bin/python bench/e2e.py [--slices 155] [--orthanc-stable-age 2] [--node-stable-seconds 2]
+With ``--study`` the input is a four-sequence phantom study instead (T1c axial 155 slices, T1 sagittal, T2 and
+FLAIR; neuronova.phantoms.study) and the job timed is the study pipeline's (mri_tumour_study).
+
+Usage: .venv/bin/python bench/e2e.py [--slices 155] [--orthanc-stable-age 2] [--node-stable-seconds 2] [--study]
 Not a test: it prints a table (and appends nothing anywhere); the numbers go on the issue and bench/README.md.
 """
 
@@ -40,6 +43,7 @@ def main() -> int:
     p.add_argument("--orthanc-stable-age", type=int, default=2)
     p.add_argument("--node-stable-seconds", type=float, default=2.0)
     p.add_argument("--model-dir", help="model directory (default: the shipped demo models)")
+    p.add_argument("--study", action="store_true", help="a four-sequence study through mri_tumour_study")
     args = p.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -56,9 +60,18 @@ def main() -> int:
                            "--destination", f"dimse://ORTHANC@127.0.0.1:{orthanc.dicom_port}"]
         if args.model_dir:
             node.extra_args += ["--model-dir", args.model_dir]
-        study = make_mr_study(2026, shape=(args.slices, args.matrix, args.matrix), n_tumours=2)
-        files = write_series(study.datasets, root / "mr")
-        study_uid = study.datasets[0].StudyInstanceUID
+        pipeline = "mri_segmentation"
+        if args.study:
+            from neuronova.phantoms.study import make_study
+
+            pipeline = "mri_tumour_study"
+            four = make_study(2026, n_tumours=2)
+            files = [f for role, s in four.series.items() for f in write_series(s.datasets, root / role)]
+            study_uid = four.study_instance_uid
+        else:
+            study = make_mr_study(2026, shape=(args.slices, args.matrix, args.matrix), n_tumours=2)
+            files = write_series(study.datasets, root / "mr")
+            study_uid = study.datasets[0].StudyInstanceUID
         cfg_age = args.orthanc_stable_age
         orthanc_config = orthanc.config
         orthanc.config = lambda: {**orthanc_config(), "StableAge": cfg_age}  # type: ignore[method-assign]
@@ -73,7 +86,7 @@ def main() -> int:
             while time.time() - t_stored < 600:
                 r = httpx.get(f"{node.url}/api/v1/studies/{study_uid}", headers=node.headers, timeout=10)
                 jobs = r.json().get("jobs", []) if r.status_code == 200 else []
-                job = next((j for j in jobs if j["pipeline"] == "mri_segmentation"), None)
+                job = next((j for j in jobs if j["pipeline"] == pipeline), None)
                 if job and job["state"] in ("done", "failed"):
                     break
                 time.sleep(0.05)
@@ -94,6 +107,7 @@ def main() -> int:
 
     created, started, finished = _ts(job["created_at"]), _ts(job["started_at"]), _ts(job["finished_at"])
     timings = job["summary"]["timings"]
+    print("inputs:", job["summary"].get("inputs", job["series_uid"]))
     pipeline_s = sum(timings.values())
     rows = [
         ("storescu into Orthanc", t_stored - t_send),
@@ -104,7 +118,8 @@ def main() -> int:
         ("total: last instance in Orthanc -> last result acknowledged", finished - t_stored),
         ("after the study was stable (job created -> done)", finished - created),
     ]
-    print(f"\n{args.slices}-slice {args.matrix}x{args.matrix} MR, Orthanc StableAge {cfg_age} s, node stable "
+    what = "four-sequence study (T1c 155 slices)" if args.study else f"{args.slices}-slice {args.matrix}x{args.matrix} MR"
+    print(f"\n{what}, Orthanc StableAge {cfg_age} s, node stable "
           f"{args.node_stable_seconds} s, {len(results)} result instances (all seen in Orthanc: "
           f"{t_in_orthanc - t_stored:.2f} s after the last input)\n")
     print("| step | seconds |\n| --- | ---: |")

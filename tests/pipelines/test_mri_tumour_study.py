@@ -78,3 +78,46 @@ def test_study_job_writes_valid_results_on_the_reference(tmp_path: Path, drop: t
     dice = 2 * (found & truth).sum() / (found.sum() + truth.sum())
     assert dice > 0.8, dice
     assert summary["volumes_ml"]["whole tumour"] > 0 and summary["xai"]["slices"] > 0
+
+
+def test_a_sigmoid_model_writes_overlapping_regions(tmp_path: Path) -> None:
+    """Another VolumeSegmenter card over the demo weights: sigmoid outputs read as overlapping regions (each
+    channel's logit > 0), which the pipeline writes with write_region_segmentation. The regions' quality is not
+    the point; the path from a sigmoid model to a valid SEG and SR is."""
+    import json
+    import shutil
+
+    from neuronova.models.registry import DEFAULT_MODEL_DIR
+
+    models = tmp_path / "models"
+    shutil.copytree(DEFAULT_MODEL_DIR / "mri_tumour_study", models / "mri_tumour_study")
+    card = json.loads((models / "mri_tumour_study" / "metadata.json").read_text())
+    card["version"] = "1.0.0-sigmoid-test"
+    card["labels"] = {"1": "enhancing tumour", "2": "tumour core", "3": "whole tumour"}
+    card["output"]["activation"] = "sigmoid"
+    (models / "mri_tumour_study" / "metadata.json").write_text(json.dumps(card))
+
+    study = make_study(950003, protocol=small_protocol(scale=0.8), n_tumours=1)
+    store = InstanceStore(tmp_path / "data")
+    jobs = SqliteJobStore(tmp_path / "data" / "jobs.sqlite3")
+    try:
+        for series in study.series.values():
+            for ds in series.datasets:
+                store.put(encode(ds))
+        pipeline = MriTumourStudy(models)
+        [job] = on_study_stable(study.study_instance_uid, 1, store=store, jobs=jobs, rules=load_rules(),
+                                pipelines={pipeline.name: pipeline}, enqueue=lambda job_id, **kw: None)
+        context = PipelineContext(job=job, store=store, settings=settings_for(tmp_path / "data", model_dir=models),
+                                  progress=lambda p: None)
+        result = pipeline(context=context)
+    finally:
+        jobs.close()
+        store.close()
+    assert result.summary["activation"] == "sigmoid" and result.summary["model_version"] == "1.0.0-sigmoid-test"
+    assert set(result.summary["volumes_ml"]) == {"enhancing tumour", "tumour core", "whole tumour"}
+    seg, sr = result.datasets[:2]
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["enhancing tumour", "tumour core", "whole tumour"]
+    for i, ds in enumerate(result.datasets):
+        path = tmp_path / f"sig{i}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        assert dciodvfy_errors(path) == [], ds.Modality

@@ -172,7 +172,8 @@ def test_brats_infer_matches_monai_running_the_same_bundle(brats: Path, phantom:
     inferer = parser.get_parsed_content("inferer")
     with torch.inference_mode():
         expected = torch.sigmoid(inferer(torch.from_numpy(image)[None], network))[0].numpy()
-    np.testing.assert_allclose(probs, expected, atol=1e-5)
+    # 1e-4: on the CPU the node runs the network channels_last_3d, which sums in another order (seen: 1.3e-5)
+    np.testing.assert_allclose(probs, expected, atol=1e-4)
     masks = probs > model.postprocessing.threshold  # regions overlap: each channel thresholded on its own
     assert masks.shape[0] == len(model.postprocessing.regions)
 

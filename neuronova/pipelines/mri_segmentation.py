@@ -73,11 +73,14 @@ class MriSegmentation(ModelPipeline):
         sr = write_segmentation_report(sources, seg, stats, algorithm=algorithm, series_number=base + SR_OFFSET,
                                        pipeline=self.name)
         keys = result.key_slice_indices or (key_slices(cam, n=3) if cam is not None else [])
-        note = "NOT FOR CLINICAL USE" if algorithm.demo else None
         overlays = []
         for i, z in enumerate(keys[:3]):
             source = sources[z]
             gray = volume.array[z]
+            # The map is scaled to the volume's peak, so a key slice may hold little heat (transparent below
+            # 0.2): the note says how much, so an empty-looking overlay reads as "little relevance here".
+            # write_overlay burns the demo warning into the top band.
+            note = None if cam is None else f"Grad-CAM max here {float(cam[z].max()):.2f} of 1"
             rgb = render_overlay(gray, None if cam is None else cam[z], result.labels[z] > 0,
                                  window=_window(gray), note=note)
             overlays.append(write_overlay(source, rgb, algorithm=algorithm, series_number=base + SC_OFFSET,

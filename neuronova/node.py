@@ -17,6 +17,7 @@ from neuronova.config import Settings
 from neuronova.jobs.worker import build_job_system
 from neuronova.models.shared import shared_registry
 from neuronova.outbox.setup import build_outbox
+from neuronova.outbox.tls import listener_context
 from neuronova.scp_listener import start_listener
 from neuronova.store import InstanceStore
 from neuronova.store.watcher import StudyWatcher
@@ -27,7 +28,9 @@ log = logging.getLogger(__name__)
 class Node:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = InstanceStore(settings.data_dir, duplicate_policy=settings.duplicate_policy)
+        self.store = InstanceStore.from_settings(settings)
+        # DICOM TLS: a bad certificate, key or CA stops the start here, before anything listens.
+        self.tls = listener_context(settings)
         self.watcher = StudyWatcher(self.store.index, stable_seconds=settings.stable_seconds)
         self.jobs = build_job_system(settings, store=self.store)
         self.outbox = build_outbox(settings, store=self.store, jobs=self.jobs.jobs)
@@ -50,7 +53,7 @@ class Node:
         self.jobs.start(workers=s.workers)
         self.watcher.start()
         self._listener = start_listener(self.store, host=s.dimse_host, port=s.dimse_port, ae_title=s.ae_title,
-                                        allowed_aes=s.allowed_aes)
+                                        allowed_aes=s.allowed_aes, tls=self.tls)
 
     def stop(self) -> None:
         if self._listener is not None:

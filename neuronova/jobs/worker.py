@@ -183,7 +183,7 @@ def run_worker(settings: Settings, *, workers: int, job_store_url: str | None = 
     running jobs get ``SHUTDOWN_TIMEOUT_SECONDS`` to finish), with its own reconciler."""
     if workers < 1:
         raise ConfigError("NEURONOVA_WORKERS (--workers): a worker process needs at least 1")
-    store = InstanceStore(settings.data_dir, duplicate_policy=settings.duplicate_policy)
+    store = InstanceStore.from_settings(settings)
     system = build_job_system(settings, store=store, job_store_url=job_store_url, outbox=outbox)
     remote = None
     if settings.node_url:

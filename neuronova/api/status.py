@@ -85,6 +85,8 @@ class RoutingOut(BaseModel):
     reason: str
     decided_at: str | None
     output_of_job: str | None = Field(description="set when the series holds results of this job (never routed)")
+    roles: dict[str, str] = Field(default_factory=dict,
+                                  description="study pipeline -> the role (t1c, flair, ...) this series fills in its job")
 
 
 class SeriesOut(BaseModel):

@@ -56,4 +56,4 @@ def routing_json(record: RoutingRecord | None) -> dict[str, Any] | None:
     if record is None:
         return None
     return {"generation": record.generation, "pipelines": list(record.pipelines), "reason": record.reason,
-            "decided_at": iso(record.decided_at), "output_of_job": record.output_of}
+            "decided_at": iso(record.decided_at), "output_of_job": record.output_of, "roles": dict(record.roles)}

@@ -13,6 +13,7 @@ from pydicom.dataset import Dataset
 from neuronova.jobs.model import JobState, StudyInputs
 from neuronova.jobs.service import get_study_status, on_study_stable
 from neuronova.jobs.store_sqlite import SqliteJobStore
+from neuronova.jobs.views import routing_json
 from neuronova.phantoms.study import make_study, small_protocol
 from neuronova.routing.rules import load_rules, parse_rules
 from neuronova.store import InstanceStore
@@ -76,6 +77,8 @@ def test_one_job_over_the_four_series_with_their_roles(system, phantom) -> None:
     status = get_study_status(study, store=store, jobs=jobs)
     roles = {s.series_uid: s.routing.roles for s in status.series if s.routing}
     assert roles[phantom["flair"][0].SeriesInstanceUID] == {STUDY: "flair"}
+    shown = {s.series_uid: routing_json(s.routing) for s in status.series}  # what the status API answers
+    assert shown[phantom["t1c"][0].SeriesInstanceUID]["roles"] == {STUDY: "t1c"}
     assert "role t2 of mri_tumour_study" in next(s.routing.reason for s in status.series
                                                   if s.series_uid == phantom["t2"][0].SeriesInstanceUID)
     # the same generation again: idempotent

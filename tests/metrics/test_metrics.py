@@ -1,5 +1,6 @@
-"""``/metrics`` of a real node: instances in by DIMSE and STOW-RS, one refused, a study routed, the MRI job run,
-its results held back by a destination that is down, then delivered; each step read back from the scrape."""
+"""``/metrics`` of a real node: instances in by DIMSE and STOW-RS, one refused, a study routed, the CT
+classification job run, its results held back by a destination that is down, then delivered; each step read
+back from the scrape."""
 
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from neuronova.phantoms.dicom import make_mr_study, write_series
+from neuronova.phantoms.dicom import make_ct_study, write_series
 from tests.conftest import DCMTK_ENV, get_port, storescu
 
 pytestmark = pytest.mark.slow
 
+PIPELINE = "ct_classification"  # its model is named alike
 PATIENT_ID = "NN-METRICS-4711"
 PATIENT_NAME = "Sentinel^Metrics"
 
@@ -72,7 +74,7 @@ def _multipart(parts: list[bytes]) -> tuple[bytes, str]:
 def _job(node: Any, study_uid: str) -> dict | None:
     r = httpx.get(f"{node.url}/api/v1/studies/{study_uid}", headers=node.headers, timeout=10)
     jobs = r.json().get("jobs", []) if r.status_code == 200 else []
-    return next((j for j in jobs if j["pipeline"] == "mri_segmentation"), None)
+    return next((j for j in jobs if j["pipeline"] == PIPELINE), None)
 
 
 def test_metrics_follow_ingest_jobs_and_delivery(tmp_path: Path, node_factory) -> None:
@@ -80,18 +82,18 @@ def test_metrics_follow_ingest_jobs_and_delivery(tmp_path: Path, node_factory) -
     destination = f"dimse://DEST@127.0.0.1:{dest_port}"
     node = start(node_factory, "--stable-seconds", "1", "--allowed-ae", "STORESCU", "--destination", destination)
     _, before = scrape(node)
-    assert value(before, "neuronova_model_loaded", model="mri_segmentation") == 1
+    assert value(before, "neuronova_model_loaded", model=PIPELINE) == 1
     assert value(before, "neuronova_queue_depth", queue="ready") == 0
     assert value(before, "neuronova_metrics_source_up", source="outbox") == 1
     # a configured destination is listed before anything was sent to it
     assert (("neuronova_outbox_backlog", frozenset({("destination", destination), ("state", "pending")}))
             in before)
 
-    study = make_mr_study(4, shape=(24, 64, 64), n_tumours=1, patient_id=PATIENT_ID)
+    study = make_ct_study(4, n_slices=16, matrix=128, tumour_class="Meningioma", patient_id=PATIENT_ID)
     for ds in study.datasets:
         ds.PatientName = PATIENT_NAME
-    files = write_series(study.datasets, tmp_path / "mr")
-    by_dimse, by_stow = files[:14], files[14:]
+    files = write_series(study.datasets, tmp_path / "ct")
+    by_dimse, by_stow = files[:10], files[10:]
     assert storescu(node.dimse_port, by_dimse).returncode == 0
     truncated = by_stow[0].read_bytes()[:-100]  # refused: the pixel data is cut short
     body, ctype = _multipart([p.read_bytes() for p in by_stow] + [truncated])
@@ -104,7 +106,7 @@ def test_metrics_follow_ingest_jobs_and_delivery(tmp_path: Path, node_factory) -
                        180, "the job to reach sending")
     assert sending["state"] == "sending", sending["error"]
     results = len(sending["results"])
-    assert results >= 3  # SEG, SR and at least one overlay
+    assert results == 2  # the SR and the Grad-CAM overlay
     text, mid = wait_for(lambda: (s := scrape(node)) and total(s[1], "neuronova_delivery_failures_total") > 0 and s,
                          60, "a failed delivery counted")
 
@@ -115,13 +117,13 @@ def test_metrics_follow_ingest_jobs_and_delivery(tmp_path: Path, node_factory) -
     # the results written into the study re-open it until it is quiet again
     assert value(mid, "neuronova_studies", state="stable") + value(mid, "neuronova_studies", state="receiving") == 1
     assert value(mid, "neuronova_jobs", state="sending") == 1
-    assert value(mid, "neuronova_jobs_open", pipeline="mri_segmentation", state="sending") == 1
+    assert value(mid, "neuronova_jobs_open", pipeline=PIPELINE, state="sending") == 1
     assert value(mid, "neuronova_outbox_backlog", destination=destination, state="pending") == results
     assert value(mid, "neuronova_outbox_oldest_pending_seconds", destination=destination) > 0
     assert total(mid, "neuronova_delivery_failures_total", destination=destination) >= 1
     assert value(mid, "neuronova_queue_depth", queue="ready") == 0
     # nothing ended yet: no job duration observed
-    assert value(mid, "neuronova_job_duration_seconds_count", pipeline="mri_segmentation", state="done") == 0
+    assert value(mid, "neuronova_job_duration_seconds_count", pipeline=PIPELINE, state="done") == 0
 
     # the destination comes up: the outbox's next retry delivers, the job is done
     received = tmp_path / "received"
@@ -139,13 +141,13 @@ def test_metrics_follow_ingest_jobs_and_delivery(tmp_path: Path, node_factory) -
     # two stable generations: the inputs, then the study with the results in it (no new job: inputs unchanged)
     assert value(end, "neuronova_studies_stable_total") == 2
     assert value(end, "neuronova_jobs", state="done") == 1
-    assert value(end, "neuronova_jobs_open", pipeline="mri_segmentation", state="sending") == 0
+    assert value(end, "neuronova_jobs_open", pipeline=PIPELINE, state="sending") == 0
     assert value(end, "neuronova_outbox_backlog", destination=destination, state="pending") == 0
-    assert value(end, "neuronova_job_duration_seconds_count", pipeline="mri_segmentation", state="done") == 1
-    took = value(end, "neuronova_job_duration_seconds_sum", pipeline="mri_segmentation", state="done")
+    assert value(end, "neuronova_job_duration_seconds_count", pipeline=PIPELINE, state="done") == 1
+    took = value(end, "neuronova_job_duration_seconds_sum", pipeline=PIPELINE, state="done")
     assert took == pytest.approx(done["duration_seconds"], abs=0.01)
-    assert value(end, "neuronova_inference_duration_seconds_count", model="mri_segmentation") == 1
-    inference = value(end, "neuronova_inference_duration_seconds_sum", model="mri_segmentation")
+    assert value(end, "neuronova_inference_duration_seconds_count", model=PIPELINE) == 1
+    inference = value(end, "neuronova_inference_duration_seconds_sum", model=PIPELINE)
     assert 0 < inference == pytest.approx(done["summary"]["timings"]["inference_s"], abs=0.001)
 
     # no patient data, no UID, in any label

@@ -1,4 +1,4 @@
-"""The status page of a real node: an MR study stored over DIMSE, its job run and its results delivered to a
+"""The status page of a real node: a CT study stored over DIMSE, its job run and its results delivered to a
 dcmtk storescp; the page rendered by headless Chromium (screenshot kept under the test's tmp_path), its HTML
 checked, its thumbnails fetched, the login, the cookie and the re-run button's CSRF protection exercised."""
 
@@ -19,12 +19,13 @@ import httpx
 import pytest
 from PIL import Image
 
-from neuronova.phantoms.dicom import make_mr_study, write_series
+from neuronova.phantoms.dicom import make_ct_study, write_series
 from tests.conftest import DCMTK_ENV, NodeProcess, get_port, storescu
 
 pytestmark = pytest.mark.slow
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+PIPELINE = "ct_classification"
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -68,7 +69,7 @@ def chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess[str]
 
 @pytest.fixture(scope="module")
 def processed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """A node whose MR study was processed and delivered to a storescp (shared by the module's tests; the re-run
+    """A node whose CT study was classified and delivered to a storescp (shared by the module's tests; the re-run
     test comes last)."""
     tmp_path = tmp_path_factory.mktemp("web")
     dest_port = get_port()
@@ -83,17 +84,17 @@ def processed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
                                    "--destination", f"dimse://DEST@127.0.0.1:{dest_port}"])
     try:
         node.start(timeout=180)
-        study = make_mr_study(7, shape=(24, 64, 64), n_tumours=1, patient_id="NN-WEB-1")
-        assert storescu(node.dimse_port, write_series(study.datasets, tmp_path / "mr")).returncode == 0
+        study = make_ct_study(7, n_slices=16, matrix=128, tumour_class="Glioma", patient_id="NN-WEB-1")
+        assert storescu(node.dimse_port, write_series(study.datasets, tmp_path / "ct")).returncode == 0
         study_uid = str(study.datasets[0].StudyInstanceUID)
 
         def done() -> dict | None:
             r = httpx.get(f"{node.url}/api/v1/studies/{study_uid}", headers=node.headers, timeout=10)
             jobs = r.json().get("jobs", []) if r.status_code == 200 else []
             assert not [j for j in jobs if j["state"] == "failed"], jobs
-            return next((j for j in jobs if j["pipeline"] == "mri_segmentation" and j["state"] == "done"), None)
+            return next((j for j in jobs if j["pipeline"] == PIPELINE and j["state"] == "done"), None)
 
-        job = wait_for(done, 240, "the MRI job done and delivered")
+        job = wait_for(done, 240, "the CT job done and delivered")
         yield {"node": node, "study_uid": study_uid, "job": job}
     finally:
         node.stop()
@@ -123,7 +124,7 @@ def test_page_in_headless_chromium(processed: dict[str, Any], tmp_path: Path) ->
     page = Page(dom)
     assert page.job_rows == [job["job_id"]], dom[:3000]
     assert "Log in" not in dom
-    assert "done" in dom and "mri_segmentation" in dom
+    assert "done" in dom and PIPELINE in dom
     assert page.refresh in ("5", "30")  # 30 once the study is stable and its jobs final
     overlays = [r["sop_instance_uid"] for r in job["results"] if r["sop_class_uid"] == "1.2.840.10008.5.1.4.1.1.7"]
     assert overlays
@@ -171,7 +172,7 @@ def test_login_cookie_thumbnails_and_rerun(processed: dict[str, Any]) -> None:
         assert browser.post(f"/ui/studies/{study_uid}/reprocess", data={"csrf": csrf},
                             headers={"Origin": "https://elsewhere.example"}).status_code == 403
         run = job["run"]
-        r = browser.post(f"/ui/studies/{study_uid}/reprocess", data={"csrf": csrf, "pipeline": "mri_segmentation"})
+        r = browser.post(f"/ui/studies/{study_uid}/reprocess", data={"csrf": csrf, "pipeline": PIPELINE})
         assert r.status_code == 303 and r.headers["location"] == f"/ui/studies/{study_uid}?rerun=1"
         again = httpx.get(f"{node.url}/api/v1/jobs/{job['job_id']}", headers=node.headers, timeout=10).json()
         assert again["run"] == run + 1

@@ -202,10 +202,12 @@ class JobRunner:
             for ds in result.datasets:
                 self.store.put(_encode(ds), replace=True)
                 beat.check()
-            if results and self.outbox is not None:
+            # A re-run hands its (possibly empty) result set to the outbox too: an earlier run's results that
+            # this run did not write are stale, and are removed from the destinations before the job is done.
+            if self.outbox is not None and (results or job.run > 1):
                 self.outbox.enqueue(job.job_id, [r.sop_instance_uid for r in results])
         summary = _jsonable(result.summary)
-        if not results or self.outbox is None:
+        if self.outbox is None or (not results and (job.run <= 1 or self.outbox.pending(job.job_id) == 0)):
             done = self.jobs.advance(job.job_id, token, JobState.DONE, result_instances=results, summary=summary)
             if done is None:
                 raise JobLost(job.job_id)

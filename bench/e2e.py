@@ -76,7 +76,7 @@ def main() -> int:
         orthanc_config = orthanc.config
         orthanc.config = lambda: {**orthanc_config(), "StableAge": cfg_age}  # type: ignore[method-assign]
         orthanc.start()
-        node.start(timeout=120)
+        node.start(timeout=300)  # model loading and warm-up take a minute on a loaded 2-core machine
         try:
             t_send = time.time()
             proc = storescu(orthanc.dicom_port, files, aec="ORTHANC")
@@ -107,7 +107,7 @@ def main() -> int:
 
     created, started, finished = _ts(job["created_at"]), _ts(job["started_at"]), _ts(job["finished_at"])
     timings = job["summary"]["timings"]
-    print("inputs:", job["summary"].get("inputs", job["series_uid"]))
+    print("inputs:", job["summary"].get("inputs", "one series"))
     pipeline_s = sum(timings.values())
     rows = [
         ("storescu into Orthanc", t_stored - t_send),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pydicom
@@ -23,10 +23,12 @@ from pydicom.errors import InvalidDicomError
 from neuronova.errors import ModelNotLoaded, SeriesError
 from neuronova.models.base import LoadedModel
 from neuronova.models.volumetric import VolumeSegmenter
-from neuronova.pipelines.physical import ModelInput, prepare
 from neuronova.pipelines.registry import PipelineContext, PipelineResult
 from neuronova.pipelines.steps import ModelPipeline, algorithm_info, model_for, try_explain
 from neuronova.pipelines.volume import Volume, load_series
+
+if TYPE_CHECKING:
+    from neuronova.pipelines.physical import ModelInput
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,10 @@ def read_volumes(paths: dict[str, list[Any]]) -> dict[str, Volume]:
 def segment_study(volumes: dict[str, Volume], model: VolumeSegmenter, *, reference: str | None = None
                   ) -> StudySegmentation:
     """Run ``model`` on the study's ``volumes`` (role -> volume); results on the reference series' voxels."""
+    # Imported here: MONAI's transforms take seconds to import, which every process listing the pipelines
+    # would pay (the job workers list them at start).
+    from neuronova.pipelines.physical import prepare
+
     for role, volume in volumes.items():
         if volume.modality not in ("MR", ""):
             raise SeriesError(f"the {role} series is {volume.modality}; the model takes MR series")

@@ -31,7 +31,13 @@ from neuronova.writers.pmap import write_parametric_map
 from neuronova.writers.sc import render_overlay, write_overlay
 from neuronova.writers.seg import write_segmentation
 from neuronova.writers.sr import write_segmentation_report
-from neuronova.xai import SegmentationExplanation, body_mask, explain_segmentation_windows, key_slices, unet_first_decoder
+from neuronova.xai import (
+    SegmentationExplanation,
+    body_mask,
+    explain_segmentation_windows,
+    key_slices,
+    unet_first_decoder,
+)
 
 #: Series numbers of the results, after settings.series_number_base (ct_classification uses 4 and 5).
 SEG_OFFSET, SR_OFFSET, SC_OFFSET, PMAP_OFFSET = 1, 2, 3, 6

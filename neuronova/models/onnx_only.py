@@ -70,11 +70,9 @@ def load_onnx_only(path: Path, metadata: ModelMetadata, *, device: str = "auto")
     steps = WindowSteps(roi_size=roi, overlap=float(spec.get("overlap", 0.25)), sw_batch_size=1,
                         blend_mode=str(spec.get("blend_mode", "gaussian")))
     return VolumeModel(
-        model_id=metadata.id, name=metadata.name, version=metadata.version, model_hash=metadata.model_hash,
-        layout=LAYOUT, roles=tuple(roles), optional_roles=optional,
+        path, metadata, device=device, layout=LAYOUT, roles=tuple(roles), optional_roles=optional,
         preprocessing=Preprocessing(axcodes=str(spec.get("axcodes", "RAS")),
                                     pixdim=_triple(spec.get("pixdim", [1.0, 1.0, 1.0]), "pixdim", float),
                                     normalisation=normalisation),
         postprocessing=Postprocessing(activation=activation, threshold=float(out.get("threshold", 0.5)), regions=regions),
-        runner=runner, steps=steps, n_outputs=int(n_out) if isinstance(n_out, int) else None,
-        description=metadata.description, notes=tuple(notes), not_for_clinical_use=metadata.not_for_clinical_use)
+        runner=runner, steps=steps, n_outputs=int(n_out) if isinstance(n_out, int) else None, notes=tuple(notes))

@@ -23,6 +23,7 @@ from monai.networks.nets import SegResNet, UNet
 
 from neuronova.errors import ModelNotLoaded
 from neuronova.models import ModelRegistry, load_model
+from neuronova.models.base import LoadedModel
 from neuronova.models.bundle import VolumeModel, apply_normalisation, load_bundle, read_bundle_info
 from neuronova.models.volumetric import VolumeSegmenter
 from neuronova.phantoms.study import make_world
@@ -196,7 +197,8 @@ def test_bundle_status_on_health_and_hash_over_its_files(brats: Path, tmp_path: 
     status = entry.status()
     assert status["name"] == "BraTS MRI segmentation" and status["version"] == "0.5.2"
     assert status["layout"] == "monai_bundle" and status["gradcam"] is True and status["reason"] is None
-    assert status["model_hash"] == read_bundle_info(brats).model_hash
+    assert status["model_hash"] == read_bundle_info(brats).model_hash == entry.model.metadata.model_hash
+    assert isinstance(entry.model, LoadedModel) and entry.model.metadata.input["roles"] == ["t1c", "t1", "t2", "flair"]
     assert "tumour core" in status["description"] and "inputs t1c, t1, t2, flair" in status["description"]
     assert entry.model.runtime_status()["backend"] == "torch"
     copy_dir = tmp_path / "brats_mri_segmentation"

@@ -23,7 +23,7 @@ from neuronova.models.bundle.networks import (NETWORK_PREFIXES, build_network, g
                                               read_weights)
 from neuronova.models.bundle.segmenter import OnnxRunner, TorchRunner, VolumeModel, WindowSteps
 from neuronova.models.bundle.transforms import parse_steps
-from neuronova.models.metadata import sha256_file
+from neuronova.models.metadata import ModelMetadata, sha256_file
 from neuronova.models.runtime import PRECISIONS, torch_device
 from neuronova.models.volumetric import OutputRegion, Postprocessing, Preprocessing
 
@@ -44,7 +44,12 @@ _SPACING = re.compile(r"(\d+(?:\.\d+)?)\s*x\s*(\d+(?:\.\d+)?)\s*x\s*(\d+(?:\.\d+
 
 
 class SideFile(BaseModel):
-    """``neuronova.json``: what the node needs that the bundle does not say."""
+    """``neuronova.json``: what the node needs that the bundle does not say.
+
+    ``roles`` and ``regions`` name the bundle's channels in the node's terms and win over the bundle's own
+    names; ``axcodes``, ``pixdim`` and ``activation`` are used only where the config has no Orientationd,
+    Spacingd or activation; ``threshold`` is the site's operating point and replaces the bundle's.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -71,6 +76,8 @@ class BundleInfo:
     version: str
     model_hash: str
     metadata: dict[str, Any]
+    #: relative path -> SHA-256 of every file of the bundle
+    files: dict[str, str]
 
 
 def is_bundle(path: Path) -> bool:
@@ -90,10 +97,11 @@ def bundle_files(path: Path) -> list[Path]:
     return files
 
 
-def bundle_hash(path: Path, version: str) -> str:
-    """One SHA-256 over the bundle: its id, version and every file's path and digest."""
-    lines = [f"{f.relative_to(path).as_posix()}:{sha256_file(f)}" for f in bundle_files(path)]
-    return hashlib.sha256(f"{path.name}:{version}\n{chr(10).join(lines)}".encode()).hexdigest()
+def bundle_hash(model_id: str, version: str, files: dict[str, str]) -> str:
+    """One SHA-256 over the bundle: its id, version and every file's path and digest (the formula of
+    :attr:`ModelMetadata.model_hash`, so the bundle's card gives the same hash)."""
+    text = "\n".join(f"{name}:{digest}" for name, digest in sorted(files.items()))
+    return hashlib.sha256(f"{model_id}:{version}\n{text}".encode()).hexdigest()
 
 
 def read_bundle_info(path: Path) -> BundleInfo:
@@ -101,8 +109,27 @@ def read_bundle_info(path: Path) -> BundleInfo:
     if not isinstance(raw, dict):
         raise BundleRefused(f"{BUNDLE_METADATA.as_posix()} must hold a mapping")
     version = str(raw.get("version", "")) or "unversioned"
-    return BundleInfo(name=str(raw.get("name") or path.name), version=version, model_hash=bundle_hash(path, version),
-                      metadata=raw)
+    files = {f.relative_to(path).as_posix(): sha256_file(f) for f in bundle_files(path)}
+    return BundleInfo(name=str(raw.get("name") or path.name), version=version,
+                      model_hash=bundle_hash(path.name, version, files), metadata=raw, files=files)
+
+
+def bundle_card(path: Path, info: BundleInfo, side: SideFile, *, roles: tuple[str, ...], preprocessing: Preprocessing,
+                postprocessing: Postprocessing, steps: WindowSteps) -> ModelMetadata:
+    """The node's model card for a bundle: what the registry, /health and the writers read of every model."""
+    meta = info.metadata
+    return ModelMetadata(
+        id=path.name, name=info.name, version=info.version, task="segmentation",
+        description=side.description or str(meta.get("description", "")),
+        labels={str(r.index): r.name for r in postprocessing.regions},
+        input={"roles": list(roles), "optional_roles": sorted(side.optional_roles), "axcodes": preprocessing.axcodes,
+               "pixdim": list(preprocessing.pixdim) if preprocessing.pixdim else None,
+               "normalisation": preprocessing.normalisation,
+               "roi_size": list(steps.roi_size) if steps.roi_size else None, "overlap": steps.overlap},
+        output={"activation": postprocessing.activation, "threshold": postprocessing.threshold},
+        intended_use=str(meta.get("intended_use", "")) or "not stated by the bundle",
+        not_for_clinical_use=side.not_for_clinical_use, files=info.files,
+        framework={"format": LAYOUT, **{k: str(meta[k]) for k in ("monai_version", "pytorch_version") if k in meta}})
 
 
 def read_side_file(path: Path) -> SideFile:
@@ -224,7 +251,7 @@ def load_bundle(path: Path, *, device: str = "auto", info: BundleInfo | None = N
     config = BundleConfig(read_config_file(config_path), f"configs/{config_path.name}")
     steps = parse_steps(config)
     notes = list(steps.notes)
-    activation = side.activation or steps.activation
+    activation = steps.activation or side.activation
     if activation is None:
         raise BundleRefused("postprocessing neither activates nor discretises the outputs (softmax or sigmoid?); "
                             f"give activation in {SIDE_FILE}")
@@ -240,7 +267,7 @@ def load_bundle(path: Path, *, device: str = "auto", info: BundleInfo | None = N
         steps.roi_size = tuple(runner.fixed[2:])  # type: ignore[assignment]
         steps.overlap = 0.25
         notes.append(f"windows of the graph's fixed size {steps.roi_size}")
-    axcodes = side.axcodes or steps.axcodes
+    axcodes = steps.axcodes or side.axcodes
     if axcodes is None:
         axcodes = "RAS"
         notes.append(f"orientation not stated by the bundle: RAS assumed (set axcodes in {SIDE_FILE})")
@@ -255,12 +282,12 @@ def load_bundle(path: Path, *, device: str = "auto", info: BundleInfo | None = N
                          blend_mode=steps.blend_mode, sigma_scale=steps.sigma_scale, intensity=steps.model_intensity,
                          pad_k=steps.pad_k, pad_size=steps.pad_size)
     notes.extend(f"applied by the model: {name}" for name, _ in steps.model_intensity)
-    return VolumeModel(
-        model_id=path.name, name=info.name, version=info.version, model_hash=info.model_hash, layout=LAYOUT,
-        roles=roles, optional_roles=frozenset(side.optional_roles),
-        preprocessing=Preprocessing(axcodes=axcodes, pixdim=pixdim, normalisation=steps.normalisation),  # type: ignore[arg-type]
-        postprocessing=Postprocessing(activation=activation, threshold=side.threshold or steps.threshold,  # type: ignore[arg-type]
-                                      regions=regions),
-        runner=runner, steps=window, n_outputs=n_out,
-        description=side.description or str(info.metadata.get("description", "")), notes=tuple(notes),
-        not_for_clinical_use=side.not_for_clinical_use)
+    preprocessing = Preprocessing(axcodes=axcodes, pixdim=pixdim, normalisation=steps.normalisation)  # type: ignore[arg-type]
+    postprocessing = Postprocessing(activation=activation,  # type: ignore[arg-type]
+                                    threshold=side.threshold if side.threshold is not None else steps.threshold,
+                                    regions=regions)
+    card = bundle_card(path, info, side, roles=roles, preprocessing=preprocessing, postprocessing=postprocessing,
+                       steps=window)
+    return VolumeModel(path, card, device=device, layout=LAYOUT, roles=roles,
+                       optional_roles=frozenset(side.optional_roles), preprocessing=preprocessing,
+                       postprocessing=postprocessing, runner=runner, steps=window, n_outputs=n_out, notes=tuple(notes))

@@ -19,6 +19,8 @@ import torch
 from monai.inferers import sliding_window_inference
 from torch import nn
 
+from neuronova.models.base import LoadedModel
+from neuronova.models.metadata import ModelMetadata
 from neuronova.models.runtime import autocast, onnx_session
 from neuronova.models.volumetric import Postprocessing, Preprocessing, Runtime
 
@@ -109,17 +111,22 @@ class WindowSteps:
     pad_size: tuple[int, int, int] | None = None
 
 
-class VolumeModel:
-    """A loaded study-level segmentation model; implements :class:`neuronova.models.volumetric.VolumeSegmenter`."""
+class VolumeModel(LoadedModel):
+    """A loaded study-level segmentation model; implements :class:`neuronova.models.volumetric.VolumeSegmenter`.
+
+    ``metadata`` is the node's model card: the directory's own (ONNX-only) or one written from a bundle's
+    configs (:func:`neuronova.models.bundle.loader.bundle_card`), so id, version, hash and the clinical-use flag
+    read the same for every layout.
+    """
 
     task: ClassVar[str] = "segmentation"
 
-    def __init__(self, *, model_id: str, name: str, version: str, model_hash: str, layout: str, roles: tuple[str, ...],
+    def __init__(self, path: Path, metadata: ModelMetadata, *, device: str, layout: str, roles: tuple[str, ...],
                  optional_roles: frozenset[str], preprocessing: Preprocessing, postprocessing: Postprocessing,
                  runner: TorchRunner | OnnxRunner, steps: WindowSteps, n_outputs: int | None = None,
-                 description: str = "", notes: tuple[str, ...] = (), not_for_clinical_use: bool = True) -> None:
-        self._id, self._version, self._hash = model_id, version, model_hash
-        self.name = name
+                 notes: tuple[str, ...] = ()) -> None:
+        super().__init__(path, metadata, device=device)
+        self.name = metadata.name
         self.layout = layout
         self.roles = roles
         self.optional_roles = optional_roles
@@ -131,20 +138,10 @@ class VolumeModel:
         self.overlap = steps.overlap
         self.n_outputs = n_outputs
         self.notes = notes
-        self.not_for_clinical_use = not_for_clinical_use
-        self._description = description
 
     @property
-    def id(self) -> str:
-        return self._id
-
-    @property
-    def version(self) -> str:
-        return self._version
-
-    @property
-    def model_hash(self) -> str:
-        return self._hash
+    def not_for_clinical_use(self) -> bool:
+        return self.metadata.not_for_clinical_use
 
     @property
     def runtime(self) -> Runtime:
@@ -158,7 +155,7 @@ class VolumeModel:
     def description(self) -> str:
         """What the model is and how the node runs it, in words (for /health and job summaries)."""
         regions = ", ".join(f"{r.index}: {r.name}" for r in self.postprocessing.regions)
-        parts = [self._description.strip() or self.name,
+        parts = [self.metadata.description.strip() or self.name,
                  f"inputs {', '.join(self.roles)}" + (f" (optional: {', '.join(sorted(self.optional_roles))})"
                                                      if self.optional_roles else ""),
                  f"{self.postprocessing.activation} outputs: {regions}"]

@@ -175,3 +175,20 @@ def test_metrics_need_the_token_unless_public(node_factory) -> None:
                   timeout=10)
     assert r.headers["content-type"].startswith("application/openmetrics-text")
     assert r.text.rstrip().endswith("# EOF")
+
+
+def test_an_unreadable_source_leaves_the_scrape_standing(node_factory) -> None:
+    node = start(node_factory, "--stable-seconds", "1", "--destination", f"dimse://DEST@127.0.0.1:{get_port()}")
+    outbox = node.data_dir / "outbox.sqlite3"
+    assert outbox.is_file()
+    # the file moved away under the node (its outbox keeps it open) and a directory in its place: opening it
+    # fails (garbage in the file would not do: SQLite reads the pages still in the write-ahead log)
+    outbox.rename(node.data_dir / "outbox.moved")
+    outbox.mkdir()
+    _, samples = scrape(node)
+    assert value(samples, "neuronova_metrics_source_up", source="outbox") == 0
+    assert not any(name == "neuronova_outbox_backlog" for name, _ in samples)
+    # every other source still answered
+    for source in ("jobs", "queue", "studies", "models"):
+        assert value(samples, "neuronova_metrics_source_up", source=source) == 1
+    assert ("neuronova_jobs", frozenset({("state", "done")})) in samples

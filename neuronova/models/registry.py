@@ -34,6 +34,7 @@ from neuronova.models.base import LoadedModel, NetworkModel
 from neuronova.models.biomarkers import BiomarkerModel
 from neuronova.models.bundle import LAYOUT as BUNDLE_LAYOUT
 from neuronova.models.bundle import BundleInfo, is_bundle, load_bundle, read_bundle_info
+from neuronova.models.bundle.loader import read_bundle_version
 from neuronova.models.bundle.segmenter import GRADCAM_UNAVAILABLE_ONNX, VolumeModel
 from neuronova.models.classification import ClassificationModel
 from neuronova.models.metadata import METADATA_FILE, ModelMetadata, read_metadata, verify_files
@@ -67,6 +68,13 @@ def detect_layout(path: Path) -> str:
     if is_bundle(path):
         return BUNDLE_LAYOUT
     raise FileNotFoundError(f"model directory {path.name!r} has neither metadata.json nor configs/metadata.json")
+
+
+def read_model_version(path: Path) -> str:
+    """The version a model directory declares, for any layout, without loading it (OSError, ValueError)."""
+    if detect_layout(path) == BUNDLE_LAYOUT:
+        return read_bundle_version(path)
+    return read_metadata(path).version
 
 
 def _study_model(path: Path, metadata: ModelMetadata, device: str) -> Any:

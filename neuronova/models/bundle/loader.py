@@ -104,10 +104,20 @@ def bundle_hash(model_id: str, version: str, files: dict[str, str]) -> str:
     return hashlib.sha256(f"{model_id}:{version}\n{text}".encode()).hexdigest()
 
 
-def read_bundle_info(path: Path) -> BundleInfo:
+def _read_bundle_metadata(path: Path) -> dict[str, Any]:
     raw = read_config_file(path / BUNDLE_METADATA)
     if not isinstance(raw, dict):
         raise BundleRefused(f"{BUNDLE_METADATA.as_posix()} must hold a mapping")
+    return raw
+
+
+def read_bundle_version(path: Path) -> str:
+    """The bundle's declared version (configs/metadata.json), without hashing or loading anything else."""
+    return str(_read_bundle_metadata(path).get("version", "")) or "unversioned"
+
+
+def read_bundle_info(path: Path) -> BundleInfo:
+    raw = _read_bundle_metadata(path)
     version = str(raw.get("version", "")) or "unversioned"
     files = {f.relative_to(path).as_posix(): sha256_file(f) for f in bundle_files(path)}
     return BundleInfo(name=str(raw.get("name") or path.name), version=version,

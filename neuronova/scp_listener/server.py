@@ -60,6 +60,8 @@ STORAGE_SOP_CLASSES = [
     "1.2.840.10008.5.1.4.1.1.11.1",  # Grayscale Softcopy Presentation State
     "1.2.840.10008.5.1.4.1.1.104.1",  # Encapsulated PDF
     "1.2.840.10008.5.1.4.1.1.481.3",  # RT Structure Set
+    "1.2.840.10008.5.1.4.1.1.30",  # Parametric Map (the node's own Grad-CAM maps, coming back from a PACS)
+    "1.2.840.10008.5.1.4.1.1.88.59",  # Key Object Selection (IOCM rejection notes)
 ]
 
 #: Receive large PDUs: fewer, bigger reads (the sender chooses up to this size).

@@ -7,6 +7,7 @@ identity from its source, says "NOT FOR CLINICAL USE" for demo weights, and has 
 
 from neuronova.writers.common import NOT_FOR_CLINICAL_USE, AlgorithmInfo
 from neuronova.writers.geometry import SegmentStat, compute_region_stats, compute_segment_stats, mask_outline
+from neuronova.writers.pmap import write_parametric_map
 from neuronova.writers.sc import render_overlay, write_overlay
 from neuronova.writers.seg import region_segment_numbers, segment_numbers, write_region_segmentation, write_segmentation
 from neuronova.writers.sr import write_classification_report, write_segmentation_report
@@ -27,6 +28,7 @@ __all__ = [
     "segment_numbers",
     "write_classification_report",
     "write_overlay",
+    "write_parametric_map",
     "write_region_segmentation",
     "write_segmentation",
     "write_segmentation_report",

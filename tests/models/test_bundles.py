@@ -429,3 +429,44 @@ def test_study_models_load_lazily_and_a_missing_module_is_a_reason(tmp_path: Pat
     entry = load_model(model_dir, device="cpu", warmup=False)
     assert not entry.loaded and "study segmentation models are not available" in str(entry.error)
     assert entry.status()["layout"] == "node_study" and entry.status()["name"] == "Study model"
+
+
+def _mutate(bundle: Path, change: str, tmp_path: Path) -> None:
+    configs = bundle / "configs"
+    config = json.loads((configs / "inference.json").read_text())
+    if change == "metadata not json":
+        (configs / "metadata.json").write_text("{not json")
+    elif change == "config not a mapping":
+        (configs / "inference.json").write_text("[]")
+    elif change == "no network_def":
+        del config["network_def"]
+    elif change == "roi not numbers":
+        config["roi"] = "abc"
+    elif change == "reference cycle":
+        config["roi"], config["roi2"] = "@roi2", "@roi"
+    elif change == "unknown reference":
+        config["inferer"]["overlap"] = "@nowhere"
+    elif change == "pinned digest differs":
+        (bundle / "neuronova.json").write_text(json.dumps({"files": {"models/model.pt": "0" * 64}}))
+    elif change == "link outside":
+        (tmp_path / "outside.txt").write_text("secret")
+        (bundle / "docs" / "outside.txt").symlink_to(tmp_path / "outside.txt")
+    if change not in ("metadata not json", "config not a mapping"):
+        (configs / "inference.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ("metadata not json", "metadata.json is not valid JSON"),
+    ("config not a mapping", "must hold a mapping at the top"),
+    ("no network_def", "network is the expression '$@network_def.to(@device)'"),
+    ("roi not numbers", "roi_size must be a number or three numbers"),
+    ("reference cycle", "reference cycle"),
+    ("unknown reference", "reference to 'nowhere'"),
+    ("pinned digest differs", "neuronova.json says 000000000000"),
+    ("link outside", "links outside the bundle directory"),
+])
+def test_malformed_bundles_are_refused_with_the_reason(tmp_path: Path, brats: Path, change: str, reason: str) -> None:
+    bundle = tmp_path / "models" / "brats_mri_segmentation"
+    shutil.copytree(brats, bundle)
+    _mutate(bundle, change, tmp_path)
+    assert reason in _refused(bundle)

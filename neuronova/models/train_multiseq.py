@@ -106,10 +106,48 @@ def _crop(image: np.ndarray, labels: np.ndarray, patch: Sequence[int], rng: np.r
     return image[(slice(None), *box)].astype(np.float32), labels[box]
 
 
-def train(model_dir: Path, *, seed: int = 0, quick: bool = False, steps: int | None = None) -> ModelMetadata:
-    """Train, export (weights.npz, model.onnx) and write metadata.json into ``model_dir``."""
+def _fit(module: torch.nn.Module, data: list[tuple[np.ndarray, np.ndarray]], cfg: dict[str, Any], *, steps: int,
+         lr: float, rng: np.random.Generator, what: str) -> list[float]:
+    optimiser = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+    module.train()
+    losses: list[float] = []
+    progress = tqdm(range(steps), desc=f"{MODEL_ID}: {what}")
+    for step in progress:
+        xs, ys = [], []
+        for _ in range(cfg["batch"]):
+            image, labels = data[int(rng.integers(len(data)))]
+            x, y = _crop(image, labels, cfg["patch"], rng)
+            if rng.random() < 0.5:  # left-right mirror (array axis 0 is R)
+                x, y = x[:, ::-1], y[::-1]
+            x = x * rng.uniform(0.9, 1.1, (len(ROLES), 1, 1, 1)) + rng.uniform(-0.1, 0.1, (len(ROLES), 1, 1, 1))
+            for role in OPTIONAL_ROLES:  # studies without this sequence: a zero channel
+                if rng.random() < 0.2:
+                    x[ROLES.index(role)] = 0.0
+            xs.append(np.ascontiguousarray(x, dtype=np.float32))
+            ys.append(np.ascontiguousarray(y))
+        optimiser.zero_grad()
+        loss = loss_fn(module(torch.from_numpy(np.stack(xs))), torch.from_numpy(np.stack(ys)[:, None].astype(np.int64)))
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        losses.append(loss.item())
+        if step % 20 == 19:
+            progress.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+    return losses
+
+
+def train(model_dir: Path, *, seed: int = 0, quick: bool = False, steps: int | None = None,
+          resume_phase_one: Path | None = None) -> ModelMetadata:
+    """Train, export (weights.npz, model.onnx) and write metadata.json into ``model_dir``.
+
+    Two phases on the same data: ``steps`` at ``lr`` (one-cycle), then ``finetune_steps`` at ``finetune_lr``
+    with their own random stream. ``resume_phase_one``: a weights.npz of phase one (the same seed and data)
+    to continue from instead of repeating it."""
     cfg: dict[str, Any] = {"n_train": 3, "steps": 3, "batch": 1, "patch": [32, 32, 32], "lr": 3e-3} if quick else {
-        "n_train": 32, "steps": 450, "batch": 2, "patch": [48, 48, 48], "lr": 1e-2}
+        "n_train": 32, "steps": 450, "batch": 2, "patch": [48, 48, 48], "lr": 1e-2, "finetune_steps": 300,
+        "finetune_lr": 2e-3}
     if steps is not None:
         cfg["steps"] = int(steps)
     params = {"spatial_dims": 3, "in_channels": len(ROLES), "out_channels": 4, "channels": [8, 16, 32, 64],
@@ -123,35 +161,16 @@ def train(model_dir: Path, *, seed: int = 0, quick: bool = False, steps: int | N
         data = [training_sample(_TRAIN_BASE + seed * 1000 + i)
                 for i in tqdm(range(cfg["n_train"]), desc=f"{MODEL_ID}: phantoms", leave=False)]
         module = architectures.build("monai.networks.nets.UNet", params)
-        optimiser = torch.optim.AdamW(module.parameters(), lr=cfg["lr"], weight_decay=1e-4)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=cfg["lr"], total_steps=cfg["steps"])
-        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
-        module.train()
-        losses: list[float] = []
-        progress = tqdm(range(cfg["steps"]), desc=f"{MODEL_ID}: training")
-        for step in progress:
-            xs, ys = [], []
-            for _ in range(cfg["batch"]):
-                image, labels = data[int(rng.integers(len(data)))]
-                x, y = _crop(image, labels, cfg["patch"], rng)
-                if rng.random() < 0.5:  # left-right mirror (array axis 0 is R)
-                    x, y = x[:, ::-1], y[::-1]
-                x = x * rng.uniform(0.9, 1.1, (len(ROLES), 1, 1, 1)) + rng.uniform(-0.1, 0.1, (len(ROLES), 1, 1, 1))
-                for role in OPTIONAL_ROLES:  # studies without this sequence: a zero channel
-                    if rng.random() < 0.2:
-                        x[ROLES.index(role)] = 0.0
-                xs.append(np.ascontiguousarray(x, dtype=np.float32))
-                ys.append(np.ascontiguousarray(y))
-            batch_x = torch.from_numpy(np.stack(xs))
-            batch_y = torch.from_numpy(np.stack(ys)[:, None].astype(np.int64))
-            optimiser.zero_grad()
-            loss = loss_fn(module(batch_x), batch_y)
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            losses.append(loss.item())
-            if step % 20 == 19:
-                progress.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        if resume_phase_one is not None:
+            from neuronova.models.runtime import load_weights
+
+            load_weights(module, resume_phase_one)
+            losses = []
+        else:
+            losses = _fit(module, data, cfg, steps=cfg["steps"], lr=cfg["lr"], rng=rng, what="training")
+        if cfg.get("finetune_steps"):
+            losses = _fit(module, data, cfg, steps=cfg["finetune_steps"], lr=cfg["finetune_lr"],
+                          rng=np.random.default_rng([seed, 12]), what="fine-tuning")
         module.eval()
         roi = [min(r, n) for r, n in zip(ROI_SIZE, _GRID, strict=True)] if quick else list(ROI_SIZE)
         example = torch.zeros((1, len(ROLES), *roi))
@@ -276,11 +295,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="a few steps (tests)")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default 450)")
+    parser.add_argument("--resume-phase-one", type=Path, default=None,
+                        help="weights.npz of phase one (same seed) to continue from")
     parser.add_argument("--evaluate-only", action="store_true", help="measure an already trained model")
     args = parser.parse_args(argv)
     model_dir = args.out_dir / MODEL_ID
     if not args.evaluate_only:
-        train(model_dir, seed=args.seed, quick=args.quick, steps=args.steps)
+        train(model_dir, seed=args.seed, quick=args.quick, steps=args.steps, resume_phase_one=args.resume_phase_one)
     if args.quick:
         return
     metrics = evaluate(model_dir, seed=args.seed)

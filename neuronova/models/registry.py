@@ -101,8 +101,8 @@ class RegistryEntry:
     loaded: bool
     error: str | None = None
     metadata: ModelMetadata | None = None
-    #: a LoadedModel (node layout) or a VolumeModel (bundle, ONNX-only); both have id, version, model_hash
-    model: Any = None
+    #: the node's own model classes, or a VolumeModel (bundle, ONNX-only): all LoadedModels with a card
+    model: LoadedModel | None = None
     loaded_at: datetime.datetime | None = None
     load_seconds: float = 0.0
     layout: str | None = None
@@ -155,6 +155,7 @@ def load_model(path: Path, *, device: str = "auto", warmup: bool = True) -> Regi
         if layout == BUNDLE_LAYOUT:
             bundle = read_bundle_info(path)
             model = load_bundle(path, device=device, info=bundle)
+            metadata = model.metadata  # the card written from the bundle's configs
         else:
             metadata = read_metadata(path)
             if metadata.id != model_id:

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from monai import transforms as mt
 
-from neuronova.models.bundle.config import BundleConfig, BundleRefused, component_args, is_disabled, target_name
+from neuronova.models.bundle.config import BundleConfig, BundleRefused, is_disabled, target_name
 from neuronova.models.volumetric import Normalisation
 
 TRANSFORM_PREFIXES = ("monai.transforms",)

@@ -51,10 +51,21 @@ CREATE INDEX IF NOT EXISTS studies_unstable ON studies(stable, last_received);
 """
 
 
+@dataclass(eq=False)
+class _PendingRow:
+    args: tuple[Any, ...]
+    done: bool = False
+    error: BaseException | None = None
+
+
 class Index:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        # Group commit of add_instance (see there): rows waiting, and whether a commit runs.
+        self._group = threading.Condition(threading.Lock())
+        self._queue: list[_PendingRow] = []
+        self._committing = False
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -89,50 +100,94 @@ class Index:
 
     def add_instance(self, attrs: Mapping[str, str], *, transfer_syntax: str, path: str, size: int,
                      received_at: float | None = None) -> None:
-        """Index one stored instance; its study becomes (or stays) not stable until it is quiet again."""
-        now = time.time() if received_at is None else received_at
+        """Index one stored instance (durably: its commit is fsync'd); its study becomes (or stays) not stable
+        until it is quiet again.
+
+        Group commit: rows that arrive while a commit runs wait, then go in one transaction together (one WAL
+        fsync for all, instead of one each: with synchronous=FULL the fsync is most of a commit's cost). A batch
+        that fails is retried row by row, so one bad row fails alone."""
+        entry = _PendingRow((attrs, transfer_syntax, path, size, time.time() if received_at is None else received_at))
+        with self._group:
+            self._queue.append(entry)
+            while not entry.done:
+                if self._committing:
+                    self._group.wait()
+                    continue
+                self._committing = True
+                batch, self._queue = self._queue, []
+                self._group.release()
+                try:
+                    self._commit_rows(batch)
+                finally:
+                    self._group.acquire()
+                    self._committing = False
+                    for row in batch:
+                        row.done = True
+                    self._group.notify_all()
+        if entry.error is not None:
+            raise entry.error
+
+    def _commit_rows(self, batch: list[_PendingRow]) -> None:
+        try:
+            with self.transaction() as db:
+                for row in batch:
+                    self._insert_instance(db, *row.args)
+            return
+        except Exception as exc:  # noqa: BLE001 - retried one by one below
+            if len(batch) == 1:
+                batch[0].error = exc
+                return
+        for row in batch:
+            try:
+                with self.transaction() as db:
+                    self._insert_instance(db, *row.args)
+            except Exception as exc:  # noqa: BLE001 - handed to the row's caller
+                row.error = exc
+
+    @staticmethod
+    def _insert_instance(db: sqlite3.Connection, attrs: Mapping[str, str], transfer_syntax: str, path: str,
+                         size: int, now: float) -> None:
         a = attrs.get
-        with self.transaction() as db:
-            db.execute(
-                """INSERT INTO studies (study_uid, patient_id, patient_name, patient_birth_date, patient_sex,
-                       study_date, study_time, accession_number, study_description, study_id,
-                       first_received, last_received, stable)
-                   VALUES (?,?,?,?,?,?,?,?,?,?,?,?,0)
-                   ON CONFLICT(study_uid) DO UPDATE SET last_received=excluded.last_received, stable=0""",
-                (a("StudyInstanceUID"), a("PatientID"), a("PatientName"), a("PatientBirthDate"), a("PatientSex"),
-                 a("StudyDate"), a("StudyTime"), a("AccessionNumber"), a("StudyDescription"), a("StudyID"), now, now),
-            )
-            db.execute(
-                """INSERT INTO series (series_uid, study_uid, modality, series_description, series_number, body_part,
-                       frame_of_reference_uid, last_received)
-                   VALUES (?,?,?,?,?,?,?,?)
-                   ON CONFLICT(series_uid) DO UPDATE SET last_received=excluded.last_received""",
-                (a("SeriesInstanceUID"), a("StudyInstanceUID"), a("Modality"), a("SeriesDescription"),
-                 a("SeriesNumber"), a("BodyPartExamined"), a("FrameOfReferenceUID"), now),
-            )
-            old = db.execute("SELECT series_uid, study_uid FROM instances WHERE sop_uid=?",
-                             (a("SOPInstanceUID"),)).fetchone()
-            # A replacement may move the instance to another series or study: the row follows it.
-            db.execute(
-                """INSERT INTO instances (sop_uid, series_uid, study_uid, sop_class_uid, instance_number,
-                       transfer_syntax, path, size, received_at, patient_id, issuer_of_patient_id)
-                   VALUES (?,?,?,?,?,?,?,?,?,?,?)
-                   ON CONFLICT(sop_uid) DO UPDATE SET series_uid=excluded.series_uid, study_uid=excluded.study_uid,
-                       sop_class_uid=excluded.sop_class_uid, instance_number=excluded.instance_number,
-                       transfer_syntax=excluded.transfer_syntax, path=excluded.path, size=excluded.size,
-                       received_at=excluded.received_at, patient_id=excluded.patient_id,
-                       issuer_of_patient_id=excluded.issuer_of_patient_id""",
-                (a("SOPInstanceUID"), a("SeriesInstanceUID"), a("StudyInstanceUID"), a("SOPClassUID"),
-                 a("InstanceNumber"), transfer_syntax, path, size, now, a("PatientID", ""),
-                 a("IssuerOfPatientID") or None),
-            )
-            if old is not None and old["series_uid"] != a("SeriesInstanceUID"):
-                # The series (and study) it left: dropped when empty, so that no listing shows an empty series.
-                db.execute("DELETE FROM series WHERE series_uid=? AND NOT EXISTS "
-                           "(SELECT 1 FROM instances WHERE series_uid=?)", (old["series_uid"], old["series_uid"]))
-                if old["study_uid"] != a("StudyInstanceUID"):
-                    db.execute("DELETE FROM studies WHERE study_uid=? AND NOT EXISTS "
-                               "(SELECT 1 FROM series WHERE study_uid=?)", (old["study_uid"], old["study_uid"]))
+        db.execute(
+            """INSERT INTO studies (study_uid, patient_id, patient_name, patient_birth_date, patient_sex,
+                   study_date, study_time, accession_number, study_description, study_id,
+                   first_received, last_received, stable)
+               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,0)
+               ON CONFLICT(study_uid) DO UPDATE SET last_received=excluded.last_received, stable=0""",
+            (a("StudyInstanceUID"), a("PatientID"), a("PatientName"), a("PatientBirthDate"), a("PatientSex"),
+             a("StudyDate"), a("StudyTime"), a("AccessionNumber"), a("StudyDescription"), a("StudyID"), now, now),
+        )
+        db.execute(
+            """INSERT INTO series (series_uid, study_uid, modality, series_description, series_number, body_part,
+                   frame_of_reference_uid, last_received)
+               VALUES (?,?,?,?,?,?,?,?)
+               ON CONFLICT(series_uid) DO UPDATE SET last_received=excluded.last_received""",
+            (a("SeriesInstanceUID"), a("StudyInstanceUID"), a("Modality"), a("SeriesDescription"),
+             a("SeriesNumber"), a("BodyPartExamined"), a("FrameOfReferenceUID"), now),
+        )
+        old = db.execute("SELECT series_uid, study_uid FROM instances WHERE sop_uid=?",
+                         (a("SOPInstanceUID"),)).fetchone()
+        # A replacement may move the instance to another series or study: the row follows it.
+        db.execute(
+            """INSERT INTO instances (sop_uid, series_uid, study_uid, sop_class_uid, instance_number,
+                   transfer_syntax, path, size, received_at, patient_id, issuer_of_patient_id)
+               VALUES (?,?,?,?,?,?,?,?,?,?,?)
+               ON CONFLICT(sop_uid) DO UPDATE SET series_uid=excluded.series_uid, study_uid=excluded.study_uid,
+                   sop_class_uid=excluded.sop_class_uid, instance_number=excluded.instance_number,
+                   transfer_syntax=excluded.transfer_syntax, path=excluded.path, size=excluded.size,
+                   received_at=excluded.received_at, patient_id=excluded.patient_id,
+                   issuer_of_patient_id=excluded.issuer_of_patient_id""",
+            (a("SOPInstanceUID"), a("SeriesInstanceUID"), a("StudyInstanceUID"), a("SOPClassUID"),
+             a("InstanceNumber"), transfer_syntax, path, size, now, a("PatientID", ""),
+             a("IssuerOfPatientID") or None),
+        )
+        if old is not None and old["series_uid"] != a("SeriesInstanceUID"):
+            # The series (and study) it left: dropped when empty, so that no listing shows an empty series.
+            db.execute("DELETE FROM series WHERE series_uid=? AND NOT EXISTS "
+                       "(SELECT 1 FROM instances WHERE series_uid=?)", (old["series_uid"], old["series_uid"]))
+            if old["study_uid"] != a("StudyInstanceUID"):
+                db.execute("DELETE FROM studies WHERE study_uid=? AND NOT EXISTS "
+                           "(SELECT 1 FROM series WHERE study_uid=?)", (old["study_uid"], old["study_uid"]))
 
     def identity_conflict(self, *, sop_uid: str, study_uid: str, series_uid: str, patient_id: str,
                           issuer: str | None) -> str | None:

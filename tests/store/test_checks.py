@@ -160,3 +160,37 @@ def test_the_checks_cost_little(tmp_path: Path) -> None:
     for _ in range(1000):
         check_instance(scanned, max_decoded_bytes=1 << 31)
     assert (time.perf_counter() - start) / 1000 < 0.001  # well under a millisecond per instance
+
+
+def test_concurrent_index_rows_share_commits(tmp_path: Path) -> None:
+    """Group commit: rows indexed at the same time go in shared transactions, and every one is there."""
+    import threading
+
+    from neuronova.store.scan import scan_part10 as scan
+
+    store = InstanceStore(tmp_path)
+    commits = []
+    real = store.index.transaction
+
+    def counting():
+        commits.append(1)
+        return real()
+
+    store.index.transaction = counting  # type: ignore[method-assign]
+    series = [encode(ds) for ds in make_series(40)]
+    scanned = [scan(io.BytesIO(d), len(d)) for d in series]
+    barrier = threading.Barrier(8)
+
+    def index(part: list) -> None:
+        barrier.wait()
+        for s in part:
+            store.index.add_instance(s.attrs, transfer_syntax=s.transfer_syntax, path="x", size=1)
+
+    threads = [threading.Thread(target=index, args=(scanned[i::8],)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(store.index.query("SELECT sop_uid FROM instances")) == 40
+    assert len(commits) < 40
+    store.close()

@@ -86,7 +86,7 @@ def main() -> None:
             result = segment_study(volumes, model)
             total = time.perf_counter() - t
             times.append(total)
-            parts.append({"read_s": round(read_s, 2), "segment_s": round(result.inference_seconds, 2)})
+            parts.append({"read_s": round(read_s, 2), "segment_s": round(result.inference_seconds, 2), **result.timings})
         truth = study.series[result.model_input.reference_role].labels
         labels = result.labels
         assert labels is not None

@@ -62,7 +62,7 @@ class NodeProcess:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token()}"}
 
-    def start(self, timeout: float = 30) -> None:
+    def start(self, timeout: float = 120) -> None:
         env = {**os.environ, "NEURONOVA_JWT_SECRET": self.secret, **self.env}
         cmd = [sys.executable, "-m", "neuronova.cli", "serve", "--data-dir", str(self.data_dir),
                "--http-port", str(self.http_port), "--dimse-port", str(self.dimse_port),

@@ -21,7 +21,15 @@ def test_quick_training_writes_loadable_reproducible_models(tmp_path):
     assert "dice_whole_tumour_mean" in read_metadata(tmp_path / "a" / "mri_segmentation").metrics
     assert "heldout_study_accuracy" in read_metadata(tmp_path / "a" / "ct_classification").metrics
     card = json.loads((tmp_path / "a" / "ct_classification" / "metadata.json").read_text())
-    assert set(card["files"]) == {"model.onnx", "weights.npz"}
+    assert set(card["files"]) == {"model.onnx", "weights.npz", "calibration.json"}
+    calibration = json.loads((tmp_path / "a" / "ct_classification" / "calibration.json").read_text())
+    assert calibration["temperature"] > 0 and 0.5 <= calibration["indeterminate_below"] <= 0.95
+    report = card["metrics"]["calibration"]
+    assert {"ece_heldout_slices_before", "ece_heldout_slices_after", "ece_heldout_studies_before",
+            "ece_heldout_studies_after"} <= set(report)
+    assert "normal_false_positive_rate" in card["metrics"]["heldout_sets"]["anatomy_normal_atrophic"]
+    ct = registry.entries["ct_classification"].model
+    assert ct.temperature == calibration["temperature"]
 
     # Same seed, same weights (the ONNX graph may differ in exporter-generated names, the weights may not).
     main(tmp_path / "b", seed=3, quick=True, models=["ct_classification"])

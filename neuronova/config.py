@@ -46,6 +46,9 @@ class Settings(BaseModel):
     #: Calling AE titles allowed to associate; empty means any.
     allowed_aes: tuple[str, ...] = ()
     stable_seconds: float = Field(10.0, ge=0)
+    #: A study whose associations (or STOW-RS requests) have all ended is complete this long after the last
+    #: one ended, without waiting stable_seconds of quiet (senders that report nothing keep the quiet rule).
+    end_grace_seconds: float = Field(0.3, ge=0)
     #: Largest STOW-RS request body; larger requests get 413.
     max_request_bytes: int = Field(4 * 1024**3, gt=0)
     #: Largest upload to the predict API (the guide: 50 MB).

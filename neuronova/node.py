@@ -31,7 +31,8 @@ class Node:
         self.store = InstanceStore.from_settings(settings)
         # DICOM TLS: a bad certificate, key or CA stops the start here, before anything listens.
         self.tls = listener_context(settings)
-        self.watcher = StudyWatcher(self.store.index, stable_seconds=settings.stable_seconds)
+        self.watcher = StudyWatcher(self.store.index, stable_seconds=settings.stable_seconds,
+                                    end_grace_seconds=settings.end_grace_seconds)
         self.jobs = build_job_system(settings, store=self.store)
         self.outbox = build_outbox(settings, store=self.store, jobs=self.jobs.jobs)
         self.jobs.runner.outbox = self.outbox
@@ -53,7 +54,8 @@ class Node:
         self.jobs.start(workers=s.workers)
         self.watcher.start()
         self._listener = start_listener(self.store, host=s.dimse_host, port=s.dimse_port, ae_title=s.ae_title,
-                                        allowed_aes=s.allowed_aes, tls=self.tls)
+                                        allowed_aes=s.allowed_aes, tls=self.tls,
+                                        transfers=self.watcher)
 
     def stop(self) -> None:
         if self._listener is not None:

@@ -159,6 +159,18 @@ def _boundary(request: Request) -> bytes:
     return boundary.strip(b'"')
 
 
+def _transfer_on_stored(on_stored: Any, watcher: Any, transfer: object) -> Any:
+    if watcher is None:
+        return on_stored
+
+    def stored(result: Any) -> None:
+        watcher.transfer_stored(transfer, result.instance.study_uid)
+        if on_stored is not None:
+            on_stored(result)
+
+    return stored
+
+
 async def _stow(request: Request, store: InstanceStore, study: str | None) -> JSONResponse:
     if study is not None:
         validate_uid(study, name="StudyInstanceUID")
@@ -168,8 +180,14 @@ async def _stow(request: Request, store: InstanceStore, study: str | None) -> JS
         raise PayloadTooLarge(f"the request declares {declared} bytes; the limit is {limit}")
     boundary = _boundary(request)
     base_url = str(request.base_url).rstrip("/") + "/dicomweb"
-    state = _StowState(store=store, expected_study=study, on_stored=getattr(request.app.state, "on_stored", None),
-                       base_url=base_url)
+    # The study watcher learns when this request (a transfer) ends: its studies are then complete after a
+    # short grace instead of a quiet period.
+    watcher = getattr(request.app.state, "watcher", None)
+    transfer = object()
+    on_stored = _transfer_on_stored(getattr(request.app.state, "on_stored", None), watcher, transfer)
+    state = _StowState(store=store, expected_study=study, on_stored=on_stored, base_url=base_url)
+    if watcher is not None:
+        watcher.transfer_started(transfer)
     parser = MultipartParser(boundary, {
         "on_part_begin": state.on_part_begin, "on_part_data": state.on_part_data, "on_part_end": state.on_part_end,
         "on_header_field": state.on_header_field, "on_header_value": state.on_header_value,
@@ -191,6 +209,8 @@ async def _stow(request: Request, store: InstanceStore, study: str | None) -> JS
         raise InvalidRequest(f"malformed multipart body: {exc}") from exc
     finally:
         state.discard()
+        if watcher is not None:
+            watcher.transfer_ended(transfer, state.studies)
     if not state.ended:
         raise InvalidRequest("malformed multipart body: it ends before the closing boundary")
 

@@ -7,15 +7,15 @@ import logging
 import socket
 import ssl
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any, Protocol
 
 from pydicom import uid as pduid
-from pynetdicom import AE, StoragePresentationContexts
+from pynetdicom import AE, StoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
-from neuronova.scp_listener.handlers import handlers
+from neuronova.scp_listener.handlers import handle_store, handlers
 from neuronova.scp_listener.dataphase import DataPhase, contexts_of
 from neuronova.scp_listener.reactor import EventAssociation, EventAssociationServer
 from neuronova.store import InstanceStore, StoreResult
@@ -129,6 +129,7 @@ def start_listener(
     on_stored: Callable[[StoreResult], None] | None = None,
     data_phase: bool = True,
     tls: ssl.SSLContext | None = None,
+    transfers: Transfers | None = None,
 ) -> ThreadedAssociationServer:
     """Start listening in background threads; ``server.shutdown()`` stops it.
 
@@ -143,19 +144,57 @@ def start_listener(
     pynetdicom's negotiation reads no further than the A-ASSOCIATE-RQ PDU.
     """
     ae = make_ae(ae_title=ae_title, allowed_aes=allowed_aes)
+    evt_handlers = handlers(store, on_stored)
+    if transfers is not None:
+        # Each association is a transfer: the study watcher completes its studies a short grace after it ends.
+        evt_handlers = [h for h in evt_handlers if h[0] is not evt.EVT_C_STORE] + [
+            (evt.EVT_C_STORE, _store_in_transfer, [store, on_stored, transfers]),
+            (evt.EVT_CONN_OPEN, lambda event: transfers.transfer_started(id(event.assoc))),
+            # the listener's own data phase ends with a release or an abort event; pynetdicom's with the close
+            *((e, lambda event: transfers.transfer_ended(id(event.assoc)))
+              for e in (evt.EVT_RELEASED, evt.EVT_ABORTED, evt.EVT_CONN_CLOSE)),
+        ]
     # AE.start_server(block=False), with the event-driven server class.
-    server = ae.make_server((host, port), evt_handlers=handlers(store, on_stored), ssl_context=tls,
+    server = ae.make_server((host, port), evt_handlers=evt_handlers, ssl_context=tls,
                             server_class=TlsAssociationServer if tls is not None else EventAssociationServer)
     if data_phase:
-        server.data_phase = functools.partial(_data_phase, store=store, on_stored=on_stored)
+        server.data_phase = functools.partial(_data_phase, store=store, on_stored=on_stored, transfers=transfers)
     threading.Thread(target=server.serve_forever, name=f"dimse-listener-{ae_title}", daemon=True).start()
     ae._servers.append(server)
     log.info("DIMSE listener %s on %s:%d%s", ae_title, host, server.server_address[1], " (TLS)" if tls else "")
     return server
 
 
+class Transfers(Protocol):
+    """What the listener tells the study watcher (neuronova.store.watcher.StudyWatcher) per association."""
+
+    def transfer_started(self, key: Hashable) -> None: ...
+    def transfer_stored(self, key: Hashable, study_uid: str) -> None: ...
+    def transfer_ended(self, key: Hashable, study_uids: Iterable[str] = ()) -> None: ...
+
+
+def _in_transfer(on_stored: Callable[[StoreResult], None] | None, transfers: Transfers | None,
+                 key: Hashable) -> Callable[[StoreResult], None] | None:
+    if transfers is None:
+        return on_stored
+
+    def stored(result: StoreResult) -> None:
+        transfers.transfer_stored(key, result.instance.study_uid)
+        if on_stored is not None:
+            on_stored(result)
+
+    return stored
+
+
+def _store_in_transfer(event: evt.Event, store: InstanceStore, on_stored: Callable[[StoreResult], None] | None,
+                       transfers: Transfers) -> Any:
+    """pynetdicom's own data phase: handle_store, with the association as the transfer."""
+    return handle_store(event, store, _in_transfer(on_stored, transfers, id(event.assoc)))
+
+
 def _data_phase(assoc: EventAssociation, *, store: InstanceStore,
-                on_stored: Callable[[StoreResult], None] | None) -> DataPhase:
+                on_stored: Callable[[StoreResult], None] | None, transfers: Transfers | None = None) -> DataPhase:
+    on_stored = _in_transfer(on_stored, transfers, id(assoc))
     acceptor = assoc.acceptor
     return DataPhase(assoc.dul.socket.socket, store=store, contexts=contexts_of(assoc),
                      calling_ae=assoc.requestor.ae_title, max_pdu=int(acceptor.maximum_length or 0),

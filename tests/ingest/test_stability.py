@@ -30,7 +30,9 @@ def _wait_stable(node, study_uid: str, generation: int, timeout: float = 20) -> 
 
 
 def test_three_associations_make_one_stable_study(node_factory, tmp_path: Path) -> None:
-    node = node_factory("--stable-seconds", "2")
+    # the quiet rule alone: a grace after the end of each association longer than the quiet time
+    # (tests/ingest/test_transfer_end.py covers completion by the end of the transfers)
+    node = node_factory("--stable-seconds", "2", env={"NEURONOVA_END_GRACE_SECONDS": "5"})
     series = make_series(9)
     study_uid = series[0].StudyInstanceUID
     files = write_series(series, tmp_path / "s")

@@ -32,6 +32,7 @@ from neuronova.jobs.model import Job, JobState, RoutingRecord
 from neuronova.jobs.outbox_protocol import NullOutbox, Outbox
 from neuronova.jobs.store import JobStore, results_of
 from neuronova.metrics.observe import observe_job_end
+from neuronova.retry import backoff as retry_backoff
 from neuronova.pipelines.registry import Pipeline, PipelineContext, pipelines as registered_pipelines
 from neuronova.store import InstanceStore
 
@@ -52,8 +53,8 @@ class JobLost(Exception):
 
 
 def backoff(attempt: int, *, base: float = BACKOFF_BASE_SECONDS, cap: float = BACKOFF_CAP_SECONDS) -> float:
-    """Delay before attempt ``attempt + 1``: base, 2 base, 4 base, ... capped."""
-    return float(min(cap, base * 2 ** max(0, attempt - 1)))
+    """Delay before attempt ``attempt + 1`` of a job (neuronova.retry.backoff with the jobs' base and cap)."""
+    return retry_backoff(attempt, base=base, cap=cap)
 
 
 def lease_seconds(settings: Settings) -> float:

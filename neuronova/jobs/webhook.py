@@ -24,6 +24,7 @@ from neuronova.config import Settings
 from neuronova.errors import ConfigError
 from neuronova.jobs.model import Job
 from neuronova.jobs.views import job_json
+from neuronova.retry import backoff as retry_backoff
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ class WebhookSender:
                 problem = f"HTTP {response.status_code}"
             except httpx.HTTPError as exc:
                 problem = type(exc).__name__
-            if attempt < self.attempts and self._stop.wait(self.backoff * 2 ** (attempt - 1)):
+            if attempt < self.attempts and self._stop.wait(retry_backoff(attempt, base=self.backoff)):
                 return False
             log.info("webhook %s attempt %d failed (%s)", event, attempt, problem)
         log.warning("webhook %s not delivered after %d attempts", event, self.attempts)

@@ -26,6 +26,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from neuronova.retry import backoff as retry_backoff
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY,
@@ -52,7 +54,8 @@ OPEN_STATES = ("pending", "stale")
 
 
 def backoff(attempts: int, *, base: float = BACKOFF_BASE_SECONDS, cap: float = BACKOFF_CAP_SECONDS) -> float:
-    return float(min(cap, base * 2 ** max(0, attempts - 1)))
+    """Delay before a delivery's next try (neuronova.retry.backoff with the outbox's base and cap)."""
+    return retry_backoff(attempts, base=base, cap=cap)
 
 
 @dataclass(frozen=True)

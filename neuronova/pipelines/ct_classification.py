@@ -21,11 +21,13 @@ from neuronova.models.classification import BRAIN_WINDOW, ClassificationModel
 from neuronova.pipelines.inference import classify_ct_series, gradcam_inputs_for_ct_slice
 from neuronova.pipelines.registry import PipelineContext, PipelineResult
 from neuronova.pipelines.steps import ModelPipeline, algorithm_info, try_explain
+from neuronova.writers.pmap import write_parametric_map
 from neuronova.writers.sc import render_overlay, write_overlay
 from neuronova.writers.sr import write_classification_report
-from neuronova.xai import explain_classification, important_regions, resize_heatmap, to_patient_coordinates
+from neuronova.xai import (explain_classification, heatmap_on_image, important_regions, resize_heatmap,
+                           to_patient_coordinates)
 
-SR_OFFSET, SC_OFFSET = 4, 5
+SR_OFFSET, SC_OFFSET, PMAP_OFFSET = 4, 5, 7
 
 
 class CtClassification(ModelPipeline):
@@ -52,7 +54,10 @@ class CtClassification(ModelPipeline):
             exp = explain_classification(inputs.module, inputs.target_layers[0], inputs.input_tensor,
                                          target_class=target,
                                          time_budget_s=context.settings.xai_time_budget_seconds)
-            return resize_heatmap(exp.heatmap, volume.array[z].shape)
+            image = volume.array[z]
+            if image.shape[0] == image.shape[1]:  # the network saw the slice resized, unpadded: map it back
+                return heatmap_on_image(exp.heatmap, image)  # and keep it on the head (no weight on air)
+            return resize_heatmap(exp.heatmap, image.shape)
 
         heat, xai_error = try_explain("classification Grad-CAM", explain)
         regions = important_regions(heat) if heat is not None else []
@@ -70,6 +75,10 @@ class CtClassification(ModelPipeline):
                              note="NOT FOR CLINICAL USE" if algorithm.demo else None)
         sc = write_overlay(source, rgb, algorithm=algorithm, series_number=base + SC_OFFSET, instance_number=1,
                            pipeline=self.name, derivation_description="Grad-CAM heatmap of the driving slice")
+        # The map itself, float and windowable in a viewer, on the driving slice.
+        maps = [] if heat is None else [write_parametric_map(
+            [source], heat[None].astype(np.float32), algorithm=algorithm, series_number=base + PMAP_OFFSET,
+            pipeline=self.name, series_description="AI Grad-CAM CT map")]
         timings["write_s"] = time.perf_counter() - t
         context.progress(90)
 
@@ -91,4 +100,5 @@ class CtClassification(ModelPipeline):
                     **({"error": xai_error} if xai_error else {})},
             "timings": {k: round(v, 3) for k, v in timings.items()},
         }
-        return PipelineResult(datasets=[sr, sc], summary=summary)
+        summary["xai"]["parametric_map"] = bool(maps)
+        return PipelineResult(datasets=[sr, sc, *maps], summary=summary)

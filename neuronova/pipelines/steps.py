@@ -14,8 +14,7 @@ from pydicom.errors import InvalidDicomError
 
 from neuronova.errors import ModelNotLoaded, SeriesError, XAIGenerationError
 from neuronova.models.base import LoadedModel
-from neuronova.models.metadata import read_metadata
-from neuronova.models.registry import DEFAULT_MODEL_DIR
+from neuronova.models.registry import DEFAULT_MODEL_DIR, read_model_version
 from neuronova.models.shared import shared_registry
 from neuronova.pipelines.registry import PipelineContext
 from neuronova.pipelines.volume import Volume, load_series
@@ -70,7 +69,7 @@ class ModelPipeline:
     @cached_property
     def version(self) -> str:
         try:
-            return read_metadata((self.model_dir or DEFAULT_MODEL_DIR) / self.model_id).version
+            return read_model_version((self.model_dir or DEFAULT_MODEL_DIR) / self.model_id)  # any layout (bundles too)
         except Exception as exc:  # a missing model is reported by the job (MODEL_NOT_LOADED), not here
             log.warning("model %s metadata unreadable: %s", self.model_id, exc)
             return "unavailable"

@@ -32,7 +32,7 @@ from neuronova.errors import (
     PayloadTooLarge,
     XAIGenerationError,
 )
-from neuronova.models.classification import ClassificationModel, window
+from neuronova.models.classification import INDETERMINATE, ClassificationModel, window
 from neuronova.pipelines.inference import read_image
 from neuronova.predict.batching import MicroBatcher
 from neuronova.predict.render import heatmap_png
@@ -202,8 +202,13 @@ def make_batcher(model: ClassificationModel, *, max_batch_size: int, wait_ms: fl
 
 def result_part(model: ClassificationModel, probabilities: np.ndarray) -> dict[str, Any]:
     best = int(np.argmax(probabilities))
+    outcome = model.outcome(probabilities)
+    # predicted_class stays the most probable class (the guide's contract); below the model's calibrated
+    # threshold the outcome is "Indeterminate", and a client should show that rather than the class.
     return {"predicted_class": model.classes[best], "confidence": float(probabilities[best]),
-            "probabilities": {c: float(p) for c, p in zip(model.classes, probabilities, strict=True)}}
+            "probabilities": {c: float(p) for c, p in zip(model.classes, probabilities, strict=True)},
+            "outcome": outcome, "indeterminate": outcome == INDETERMINATE,
+            "indeterminate_below": float(model.indeterminate_below)}
 
 
 def heatmap_to_image(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -76,9 +76,12 @@ class ErrorResponse(BaseModel):
 
 
 class ClassificationResult(BaseModel):
-    predicted_class: str
-    confidence: float
+    predicted_class: str = Field(description="the most probable class")
+    confidence: float = Field(description="its calibrated probability")
     probabilities: dict[str, float]
+    outcome: str = Field("", description="predicted_class, or 'Indeterminate' below indeterminate_below")
+    indeterminate: bool = False
+    indeterminate_below: float = Field(0.0, description="the model's calibrated confidence threshold")
 
 
 class CTClassificationResponse(BaseModel):

@@ -45,9 +45,8 @@ def test_brats_bundle_runs_as_the_study_model(tmp_path: Path) -> None:
             for ds in series.datasets:
                 store.put(encode(ds))
         pipeline = MriTumourStudy(models)
-        # ModelPipeline.version reads a node-layout metadata.json only; until it asks the registry for any
-        # layout (read_model_version), give the pipeline the bundle's version here
-        pipeline.__dict__["version"] = read_model_version(models / "mri_tumour_study")
+        # the pipeline reads the bundle's version itself (configs/metadata.json), as a job would
+        assert pipeline.version == read_model_version(models / "mri_tumour_study") == "0.5.2"
         [job] = on_study_stable(study.study_instance_uid, 1, store=store, jobs=jobs, rules=load_rules(),
                                 pipelines={pipeline.name: pipeline}, enqueue=lambda job_id, **kw: None)
         context = PipelineContext(job=job, store=store, settings=settings_for(tmp_path / "data", model_dir=models),

@@ -26,6 +26,7 @@ from neuronova.errors import (
 from neuronova.dicomweb.deps import get_store
 from neuronova.metrics import INSTANCES_RECEIVED, INSTANCES_REFUSED, INSTANCES_WARNED
 from neuronova.store import InstanceStore, StoreResult, TmpInstance, validate_uid
+from neuronova.store.watcher import stored_in_transfer
 
 log = logging.getLogger(__name__)
 
@@ -159,18 +160,6 @@ def _boundary(request: Request) -> bytes:
     return boundary.strip(b'"')
 
 
-def _transfer_on_stored(on_stored: Any, watcher: Any, transfer: object) -> Any:
-    if watcher is None:
-        return on_stored
-
-    def stored(result: Any) -> None:
-        watcher.transfer_stored(transfer, result.instance.study_uid)
-        if on_stored is not None:
-            on_stored(result)
-
-    return stored
-
-
 async def _stow(request: Request, store: InstanceStore, study: str | None) -> JSONResponse:
     if study is not None:
         validate_uid(study, name="StudyInstanceUID")
@@ -184,7 +173,7 @@ async def _stow(request: Request, store: InstanceStore, study: str | None) -> JS
     # short grace instead of a quiet period.
     watcher = getattr(request.app.state, "watcher", None)
     transfer = object()
-    on_stored = _transfer_on_stored(getattr(request.app.state, "on_stored", None), watcher, transfer)
+    on_stored = stored_in_transfer(getattr(request.app.state, "on_stored", None), watcher, transfer)
     state = _StowState(store=store, expected_study=study, on_stored=on_stored, base_url=base_url)
     if watcher is not None:
         watcher.transfer_started(transfer)

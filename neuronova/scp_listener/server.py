@@ -19,6 +19,7 @@ from neuronova.scp_listener.handlers import handle_store, handlers
 from neuronova.scp_listener.dataphase import DataPhase, contexts_of
 from neuronova.scp_listener.reactor import EventAssociation, EventAssociationServer
 from neuronova.store import InstanceStore, StoreResult
+from neuronova.store.watcher import stored_in_transfer
 
 log = logging.getLogger(__name__)
 
@@ -173,28 +174,15 @@ class Transfers(Protocol):
     def transfer_ended(self, key: Hashable, study_uids: Iterable[str] = ()) -> None: ...
 
 
-def _in_transfer(on_stored: Callable[[StoreResult], None] | None, transfers: Transfers | None,
-                 key: Hashable) -> Callable[[StoreResult], None] | None:
-    if transfers is None:
-        return on_stored
-
-    def stored(result: StoreResult) -> None:
-        transfers.transfer_stored(key, result.instance.study_uid)
-        if on_stored is not None:
-            on_stored(result)
-
-    return stored
-
-
 def _store_in_transfer(event: evt.Event, store: InstanceStore, on_stored: Callable[[StoreResult], None] | None,
                        transfers: Transfers) -> Any:
     """pynetdicom's own data phase: handle_store, with the association as the transfer."""
-    return handle_store(event, store, _in_transfer(on_stored, transfers, id(event.assoc)))
+    return handle_store(event, store, stored_in_transfer(on_stored, transfers, id(event.assoc)))
 
 
 def _data_phase(assoc: EventAssociation, *, store: InstanceStore,
                 on_stored: Callable[[StoreResult], None] | None, transfers: Transfers | None = None) -> DataPhase:
-    on_stored = _in_transfer(on_stored, transfers, id(assoc))
+    on_stored = stored_in_transfer(on_stored, transfers, id(assoc))
     acceptor = assoc.acceptor
     return DataPhase(assoc.dul.socket.socket, store=store, contexts=contexts_of(assoc),
                      calling_ae=assoc.requestor.ae_title, max_pdu=int(acceptor.maximum_length or 0),

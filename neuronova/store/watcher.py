@@ -21,12 +21,28 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable
+from typing import Any
 
 from neuronova.store.index import Index
 
 log = logging.getLogger(__name__)
 
 StableCallback = Callable[[str, int], None]
+
+
+def stored_in_transfer(on_stored: Callable[[Any], None] | None, transfers: Any, key: Hashable
+                       ) -> Callable[[Any], None] | None:
+    """``on_stored`` (a store result callback) that also tells ``transfers`` (a StudyWatcher) which study the
+    transfer ``key`` stored into; ``on_stored`` itself when there is no watcher."""
+    if transfers is None:
+        return on_stored
+
+    def stored(result: Any) -> None:
+        transfers.transfer_stored(key, result.instance.study_uid)
+        if on_stored is not None:
+            on_stored(result)
+
+    return stored
 
 
 class StudyWatcher:

@@ -106,7 +106,7 @@ def test_metrics_follow_ingest_jobs_and_delivery(tmp_path: Path, node_factory) -
                        180, "the job to reach sending")
     assert sending["state"] == "sending", sending["error"]
     results = len(sending["results"])
-    assert results == 2  # the SR and the Grad-CAM overlay
+    assert results == 3  # the SR, the Grad-CAM overlay and the Grad-CAM Parametric Map
     text, mid = wait_for(lambda: (s := scrape(node)) and total(s[1], "neuronova_delivery_failures_total") > 0 and s,
                          60, "a failed delivery counted")
 

@@ -7,13 +7,13 @@ and serialises writers across processes, so two workers' claims cannot both matc
 from __future__ import annotations
 
 import sqlite3
-import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from neuronova.jobs.model import ACTIVE_STATES, FIELD_NAMES, Job, JobState, RoutingRecord, record_value
 from neuronova.jobs.store import Cond, JobStore
+from neuronova.sqlite import Database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -41,32 +41,26 @@ _OPS = {"eq": "=", "le": "<=", "lt": "<"}
 class SqliteJobStore(JobStore):
     def __init__(self, path: Path) -> None:
         super().__init__()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL: a commit survives a killed process (not a power cut), like the instance index.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        with self._lock:
-            self._db.executescript(SCHEMA)
+        self.path = Path(path)
+        # NORMAL in WAL: a commit survives a killed process (not a power cut): after a cut the reconciler and
+        # the study watcher re-create what a lost commit held (jobs are derived from the instance index).
+        self.db = Database(self.path, synchronous="NORMAL", schema=SCHEMA)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.db.close()
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute(sql, params).fetchall()
+        return self.db.query(sql, params)
+
+    def _write(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        return self.db.execute(sql, params)
 
     def _insert(self, job: Job) -> bool:
         rec = job.to_record()
         cols = ", ".join(rec)
         marks = ", ".join("?" for _ in rec)
-        with self._lock:
-            cur = self._db.execute(f"INSERT OR IGNORE INTO jobs ({cols}) VALUES ({marks})", list(rec.values()))
+        with self.db.write() as db:
+            cur = db.execute(f"INSERT OR IGNORE INTO jobs ({cols}) VALUES ({marks})", list(rec.values()))
             return cur.rowcount == 1
 
     def _update(self, job_id: str, *, where: Sequence[Cond], set: Mapping[str, Any],
@@ -93,7 +87,7 @@ class SqliteJobStore(JobStore):
             else:
                 raise ValueError(f"unknown condition operator {op!r}")
         sql = f"UPDATE jobs SET {', '.join(assigns)} WHERE {' AND '.join(clauses)} RETURNING *"
-        rows = self._query(sql, params)
+        rows = self._write(sql, params)
         return Job.from_record(dict(rows[0])) if rows else None
 
     def get(self, job_id: str) -> Job | None:
@@ -138,7 +132,7 @@ class SqliteJobStore(JobStore):
         return [Job.from_record(dict(r)) for r in rows]
 
     def set_routing(self, record: RoutingRecord) -> None:
-        self._query("INSERT INTO routing (study_uid, series_uid, record) VALUES (?, ?, ?) "
+        self._write("INSERT INTO routing (study_uid, series_uid, record) VALUES (?, ?, ?) "
                     "ON CONFLICT(study_uid, series_uid) DO UPDATE SET record = excluded.record",
                     (record.study_uid, record.series_uid, record.to_json()))
 

@@ -19,14 +19,13 @@ stale -> removed | kept | failed.
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from neuronova.retry import backoff as retry_backoff
+from neuronova.sqlite import Database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -74,26 +73,17 @@ class OutboxRow:
 
 class OutboxStore:
     def __init__(self, path: Path, *, backoff_base: float = BACKOFF_BASE_SECONDS) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
-        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(outbox)")}
-        if "version" not in columns:  # an outbox written before rows had versions
-            self._db.execute("ALTER TABLE outbox ADD COLUMN version INTEGER NOT NULL DEFAULT 1")
+        self.db = Database(path, synchronous="NORMAL", schema=SCHEMA)
+        if "version" not in self.db.columns("outbox"):  # an outbox written before rows had versions
+            with self.db.write() as db:
+                db.execute("ALTER TABLE outbox ADD COLUMN version INTEGER NOT NULL DEFAULT 1")
         self.backoff_base = backoff_base
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.db.close()
 
     def _rows(self, sql: str, params: Sequence[object] = ()) -> list[OutboxRow]:
-        with self._lock:
-            return [OutboxRow(**{k: r[k] for k in OutboxRow.__dataclass_fields__})
-                    for r in self._db.execute(sql, params).fetchall()]
+        return [OutboxRow(**{k: r[k] for k in OutboxRow.__dataclass_fields__}) for r in self.db.query(sql, params)]
 
     def enqueue(self, job_id: str, sop_uids: Iterable[str], destinations: Iterable[str]) -> int:
         """Make ``sop_uids`` the job's results for ``destinations``, in one transaction: a row per (instance,
@@ -103,28 +93,22 @@ class OutboxStore:
         uids = list(dict.fromkeys(sop_uids))
         dests = list(dict.fromkeys(destinations))
         rows = [(job_id, uid, dest, now, now) for uid in uids for dest in dests]
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany(
-                    """INSERT INTO outbox (job_id, sop_uid, destination, next_try, created) VALUES (?,?,?,?,?)
-                       ON CONFLICT(sop_uid, destination) DO UPDATE SET job_id=excluded.job_id, state='pending',
-                           attempts=0, next_try=excluded.next_try, last_status=NULL, last_error=NULL,
-                           sent_at=NULL, version=version+1""",
-                    rows,
-                )
-                current = set(uids)
-                for row in self._db.execute(
-                        "SELECT id, sop_uid, destination FROM outbox WHERE job_id=? AND state NOT IN ('removed', "
-                        "'kept')", (job_id,)).fetchall():
-                    if row["sop_uid"] not in current and row["destination"] in dests:
-                        self._db.execute(
-                            "UPDATE outbox SET state='stale', attempts=0, next_try=?, last_status=NULL, "
-                            "last_error=NULL, version=version+1 WHERE id=?", (now, row["id"]))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self.db.transaction() as db:
+            db.executemany(
+                """INSERT INTO outbox (job_id, sop_uid, destination, next_try, created) VALUES (?,?,?,?,?)
+                   ON CONFLICT(sop_uid, destination) DO UPDATE SET job_id=excluded.job_id, state='pending',
+                       attempts=0, next_try=excluded.next_try, last_status=NULL, last_error=NULL,
+                       sent_at=NULL, version=version+1""",
+                rows,
+            )
+            current = set(uids)
+            for row in db.execute(
+                    "SELECT id, sop_uid, destination FROM outbox WHERE job_id=? AND state NOT IN ('removed', "
+                    "'kept')", (job_id,)).fetchall():
+                if row["sop_uid"] not in current and row["destination"] in dests:
+                    db.execute(
+                        "UPDATE outbox SET state='stale', attempts=0, next_try=?, last_status=NULL, "
+                        "last_error=NULL, version=version+1 WHERE id=?", (now, row["id"]))
         return len(rows)
 
     def due(self, *, now: float | None = None, limit: int = 200) -> list[OutboxRow]:
@@ -136,8 +120,8 @@ class OutboxStore:
     def _settle(self, row: OutboxRow, state: str, *, status: str, error: str | None) -> bool:
         """Record the outcome of the work on ``row`` if nothing re-queued the row meanwhile (same version and
         still in the state the work began in). False when the outcome is stale and was dropped."""
-        with self._lock:
-            cur = self._db.execute(
+        with self.db.write() as db:
+            cur = db.execute(
                 "UPDATE outbox SET state=?, attempts=attempts+1, last_status=?, last_error=?, "
                 "sent_at=CASE WHEN ?='sent' THEN ? ELSE sent_at END WHERE id=? AND version=? AND state=?",
                 (state, status, error[:500] if error else None, state, time.time(), row.id, row.version, row.state))
@@ -161,9 +145,9 @@ class OutboxStore:
     def mark_retry(self, row: OutboxRow, *, status: str, error: str) -> float | None:
         """A transient failure: try again after a backoff. None when the row was re-queued meanwhile (it is
         due at once with its new content)."""
-        with self._lock:
-            delay = backoff(row.attempts + 1, base=self.backoff_base)
-            cur = self._db.execute(
+        delay = backoff(row.attempts + 1, base=self.backoff_base)
+        with self.db.write() as db:
+            cur = db.execute(
                 "UPDATE outbox SET attempts=attempts+1, next_try=?, last_status=?, last_error=? "
                 "WHERE id=? AND version=? AND state=?",
                 (time.time() + delay, status, error[:500], row.id, row.version, row.state))

@@ -1,7 +1,7 @@
 """The SQLite index of stored instances, series and studies (and each study's stability).
 
-One connection guarded by a lock: SQLite serialises writers anyway, and the C-STORE handler threads, the
-STOW-RS route and the study watcher all share it. WAL with synchronous=FULL: every commit is fsync'd before
+One :class:`~neuronova.sqlite.Database` (a write connection behind a lock, pooled readers that never wait for
+a commit), shared by the C-STORE handler threads, the STOW-RS route and the study watcher. WAL with synchronous=FULL: every commit is fsync'd before
 it returns, so the index row of an acknowledged instance survives a power cut, not only a killed process
 (NORMAL syncs the WAL only at checkpoints: a cut could lose the rows of acknowledged instances). The instance
 files themselves are fsync'd before they are indexed.
@@ -13,12 +13,14 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
+
+from neuronova.sqlite import Database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS studies (
@@ -60,41 +62,27 @@ class _PendingRow:
 
 class Index:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
         # Group commit of add_instance (see there): rows waiting, and whether a commit runs.
         self._group = threading.Condition(threading.Lock())
         self._queue: list[_PendingRow] = []
         self._committing = False
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(SCHEMA)
-        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(instances)")}
+        self.db = Database(path, synchronous="FULL", schema=SCHEMA,
+                           functions={"nn_dicom_match": (3, _dicom_match)})
+        columns = self.db.columns("instances")
         for column in ("patient_id", "issuer_of_patient_id"):  # indexes made before these columns existed
             if column not in columns:
-                self._db.execute(f"ALTER TABLE instances ADD COLUMN {column} TEXT")
+                with self.db.write() as db:
+                    db.execute(f"ALTER TABLE instances ADD COLUMN {column} TEXT")
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.db.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self.db.transaction()
 
     def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute(sql, params).fetchall()
+        """A read on a pooled connection (it sees every committed row, and never waits for a commit)."""
+        return self.db.query(sql, params)
 
     # --- writes -------------------------------------------------------------------------------------------
 
@@ -193,20 +181,20 @@ class Index:
                           issuer: str | None) -> str | None:
         """Why an instance would contradict the stored ones (None: it does not): its series is in another study,
         or its patient identity differs from the study's other instances. Says which, never the values."""
-        with self._lock:
-            other = self._db.execute(
+        with self.db.reader() as conn:
+            other = conn.execute(
                 "SELECT study_uid FROM instances WHERE series_uid=? AND sop_uid!=? AND study_uid!=? LIMIT 1",
                 (series_uid, sop_uid, study_uid)).fetchone()
             if other is not None:
                 return "its SeriesInstanceUID belongs to another study"
-            patient = self._db.execute(
+            patient = conn.execute(
                 """SELECT 1 FROM instances i JOIN studies st ON st.study_uid = i.study_uid
                    WHERE i.study_uid=? AND i.sop_uid!=? AND COALESCE(i.patient_id, st.patient_id, '') != ?
                    LIMIT 1""", (study_uid, sop_uid, patient_id)).fetchone()
             if patient is not None:
                 return "its PatientID differs from the study's stored instances"
             if issuer:
-                other_issuer = self._db.execute(
+                other_issuer = conn.execute(
                     """SELECT 1 FROM instances WHERE study_uid=? AND sop_uid!=? AND issuer_of_patient_id IS NOT NULL
                        AND issuer_of_patient_id != ? LIMIT 1""", (study_uid, sop_uid, issuer)).fetchone()
                 if other_issuer is not None:
@@ -288,13 +276,12 @@ class Index:
     # reach the statement text, every value is a parameter.
 
     def _qido_setup(self) -> None:
-        # Lazily, once per connection: the wildcard-matching function and indexes on common matching keys.
+        # Lazily, once: indexes on common matching keys (the wildcard function is on every connection).
         if getattr(self, "_qido_ready", False):
             return
-        with self._lock:
+        with self.db.write() as db:
             if not getattr(self, "_qido_ready", False):
-                self._db.create_function("nn_dicom_match", 3, _dicom_match, deterministic=True)
-                self._db.executescript(QIDO_INDEXES)
+                db.executescript(QIDO_INDEXES)
                 self._qido_ready = True
 
     def _qido(self, select: str, level: Level, matches: Sequence[Match], order: str, limit: int | None,

@@ -455,23 +455,21 @@ class InstanceStore:
             return
         attrs = scanned.attrs
         patient, issuer = attrs.get("PatientID", ""), attrs.get("IssuerOfPatientID") or None
-        if (self._series_study.get(scanned.series_uid) == scanned.study_uid
-                and self._study_patient.get(scanned.study_uid) == (patient, issuer)
-                and not any(o.study_uid == scanned.study_uid or o.series_uid == scanned.series_uid
-                            for o in self._in_flight.values())):
-            return
-        why = self.index.identity_conflict(sop_uid=scanned.sop_instance_uid, study_uid=scanned.study_uid,
-                                           series_uid=scanned.series_uid, patient_id=patient, issuer=issuer)
-        if why is None:
-            for other in self._in_flight.values():
-                if other.series_uid == scanned.series_uid and other.study_uid != scanned.study_uid:
-                    why = "its SeriesInstanceUID belongs to another study"
-                elif other.study_uid == scanned.study_uid and (
-                        other.attrs.get("PatientID", "") != patient
-                        or (issuer and other.attrs.get("IssuerOfPatientID") not in (None, "", issuer))):
-                    why = "its patient identity differs from the study's other instances"
-                if why:
-                    break
+        why = None
+        for other in self._in_flight.values():  # the instances being committed now (not yet in the index)
+            if other.series_uid == scanned.series_uid and other.study_uid != scanned.study_uid:
+                why = "its SeriesInstanceUID belongs to another study"
+            elif other.study_uid == scanned.study_uid and (
+                    other.attrs.get("PatientID", "") != patient
+                    or (issuer and other.attrs.get("IssuerOfPatientID") not in (None, "", issuer))):
+                why = "its patient identity differs from the study's other instances"
+            if why:
+                break
+        if why is None and not (self._series_study.get(scanned.series_uid) == scanned.study_uid
+                                and self._study_patient.get(scanned.study_uid) == (patient, issuer)):
+            # Not what the last instances of this series said: ask the index.
+            why = self.index.identity_conflict(sop_uid=scanned.sop_instance_uid, study_uid=scanned.study_uid,
+                                               series_uid=scanned.series_uid, patient_id=patient, issuer=issuer)
         if why is not None:
             log.warning("refused instance %s: %s (identity policy: reject)", scanned.sop_instance_uid, why)
             raise IdentityConflict(f"identity conflict: {why}")

@@ -13,6 +13,7 @@ from fastapi import Depends
 from neuronova.api.app import create_app
 from neuronova.api.auth import require_token
 from neuronova.api.results import router as results_router
+from neuronova.api.task_files import router as task_files_router
 from neuronova.config import Settings
 from neuronova.jobs.worker import build_job_system
 from neuronova.models.shared import shared_registry
@@ -44,6 +45,7 @@ class Node:
         self.app.state.health_providers.append(self.jobs.health)
         # Remote workers (no shared volume) send their results here; authenticated, not rate limited.
         self.app.include_router(results_router, dependencies=[Depends(require_token)])
+        self.app.include_router(task_files_router, dependencies=[Depends(require_token)])
         # Models load once per process and are warmed up before the first study or request.
         self.app.state.models = shared_registry(settings.model_dir, device=settings.device)
 

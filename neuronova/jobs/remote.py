@@ -26,6 +26,7 @@ import socket
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 DICOM_MULTIPART = 'multipart/related; type="application/dicom"'
 TOKEN_TTL_SECONDS = 3600.0
 CLAIM_HEADER = "X-NeuroNova-Claim"
+#: Pipelines of the predict API's tasks (neuronova.predict.tasks.PIPELINES).
+TASK_PIPELINE_PREFIX = "predict."
 
 
 class NodeUnavailable(NeuroNovaError):
@@ -123,6 +126,8 @@ class RemoteNode:
     def fetch_inputs(self, job: Job) -> int:
         """Copy the job's input instances the local store lacks from the node (WADO-RS); return how many."""
         self._claims[job.job_id] = job.claim_token or ""
+        if job.pipeline.startswith(TASK_PIPELINE_PREFIX):
+            return 0  # a predict task: its pipeline fetches the uploaded files (fetch_task_input)
         fetched = 0
         for series in self.input_series(job):
             fetched += self._fetch_series(job.study_uid, series)
@@ -152,6 +157,32 @@ class RemoteNode:
         for part in parts:
             self.store.put(part, replace=True)  # the node's copy is the truth for this cache
         return len(parts)
+
+    # --- predict tasks (neuronova.predict.pipeline; the node's side is neuronova.api.task_files) --------------
+    def fetch_task_input(self, job: Job, directory: Path, names: list[str]) -> None:
+        """Copy a predict task's uploaded files from the node into ``directory`` (atomically, each)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        claim = {CLAIM_HEADER: job.claim_token or ""}
+        for name in names:
+            response = self._request("GET", f"/api/v1/tasks/{job.series_uid}/input/{name}", headers=claim)
+            if response.status_code != 200:
+                raise NodeUnavailable(f"input {name} of task {job.series_uid}: HTTP {response.status_code} "
+                                      f"{response.text[:200]}")
+            tmp = directory / f".tmp-{name}"
+            tmp.write_bytes(response.content)
+            tmp.replace(directory / name)
+
+    def put_task_results(self, job: Job, directory: Path, names: list[str]) -> None:
+        """Put a predict task's result files to the node (each replaces the node's file of that name)."""
+        claim = {CLAIM_HEADER: job.claim_token or ""}
+        for name in names:
+            response = self._request("PUT", f"/api/v1/tasks/{job.series_uid}/result/{name}",
+                                     content=(directory / name).read_bytes(),
+                                     headers={**claim, "Content-Type": "application/octet-stream"})
+            if response.status_code != 200:
+                # 409: the claim is no longer this worker's (the job was reset or taken over): stop this run.
+                raise NodeUnavailable(f"result {name} of task {job.series_uid}: HTTP {response.status_code} "
+                                      f"{response.text[:200]}")
 
     # --- results (the runner's Outbox) -----------------------------------------------------------------------
     def enqueue(self, job_id: str, sop_instance_uids: list[str]) -> None:

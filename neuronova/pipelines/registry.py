@@ -130,5 +130,7 @@ def model_pipelines(model_dir: Path | None) -> dict[str, Pipeline]:
     from neuronova.pipelines.ct_classification import CtClassification
     from neuronova.pipelines.mri_segmentation import MriSegmentation
     from neuronova.pipelines.mri_tumour_study import MriTumourStudy
+    from neuronova.predict.pipeline import PredictSegmentation
 
-    return {p.name: p for p in (MriSegmentation(model_dir), MriTumourStudy(model_dir), CtClassification(model_dir))}
+    return {p.name: p for p in (MriSegmentation(model_dir), MriTumourStudy(model_dir), CtClassification(model_dir),
+                                PredictSegmentation(model_dir))}

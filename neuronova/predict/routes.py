@@ -56,7 +56,7 @@ from neuronova.predict.schemas import (
     request_id_or_new,
 )
 from neuronova.predict.service import SEGMENTATION, PredictService, get_service, service_for
-from neuronova.predict.tasks import COMPLETED, FAILED, TaskRecord
+from neuronova.predict.tasks import COMPLETED, FAILED, RESULT_DIR, TaskRecord
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +72,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if providers is not None:
         providers.append(provider)
     settings = getattr(app.state, "settings", None)
-    # A node that ran predict tasks before: recover them now (interrupted -> failed, pending -> queued).
-    # Otherwise the service is made on the first predict request, so apps that never predict get no files.
-    if settings is not None and (settings.data_dir / "predict" / "tasks.sqlite3").exists():
-        await run_in_threadpool(service_for, app)
+    # A node that ran predict tasks before: tidy their directory now (the jobs themselves are the job
+    # system's: interrupted ones run again). Otherwise the service is made on the first predict request.
+    if settings is not None and (settings.data_dir / "predict").is_dir() and getattr(app.state, "jobs", None):
+        service = await run_in_threadpool(service_for, app)
+        await run_in_threadpool(lambda: service.tasks)
     try:
         yield
     finally:
@@ -217,7 +218,7 @@ async def mri_segmentation(
 ) -> TaskCreated:
     settings = service.settings
     service.registry.get(SEGMENTATION, SegmentationModel)  # 503 before the upload is read
-    task_id, task_dir = await run_in_threadpool(service.tasks.new_task)
+    task_id, task_dir = await run_in_threadpool(service.tasks.new_task, SEGMENTATION)
     try:
         input_dir = task_dir / segmentation.INPUT_DIR
         input_dir.mkdir()
@@ -298,7 +299,7 @@ def task_result(
     # Only names this package made and listed for the task; never a path from the client.
     if not segmentation.RESULT_NAME.fullmatch(name) or name not in record.result.get("files", []):
         raise NotFound(f"task {task_id} has no file {name[:64]!r}")
-    path = service.tasks.task_dir(task_id) / segmentation.RESULT_DIR / name
+    path = service.tasks.task_dir(task_id) / RESULT_DIR / name
     if not path.is_file():
         raise NotFound(f"the file {name} of task {task_id} is gone")
     return FileResponse(path, media_type=segmentation.media_type(name), filename=name)

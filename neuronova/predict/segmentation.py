@@ -41,6 +41,7 @@ from neuronova.pipelines.inference import WHOLE_TUMOUR, segment_volume
 from neuronova.pipelines.volume import Volume, load_series
 from neuronova.predict.forms import UploadedFile
 from neuronova.predict.render import heatmap_png
+from neuronova.predict.tasks import INPUT_DIR, RESULT_DIR
 from neuronova.writers.common import AlgorithmInfo
 from neuronova.writers.seg import write_segmentation
 from neuronova.xai import (
@@ -53,7 +54,6 @@ from neuronova.xai import (
 
 log = logging.getLogger(__name__)
 
-INPUT_DIR, RESULT_DIR = "input", "result"
 MASK_FILE, SEG_FILE = "mask.nii.gz", "seg.dcm"
 RESULT_NAME = re.compile(r"(mask\.nii\.gz|seg\.dcm|gradcam_[0-9]{1,5}_(heatmap|overlay)\.png)")
 MEDIA_TYPES = {".gz": "application/gzip", ".dcm": "application/dicom", ".png": "image/png"}

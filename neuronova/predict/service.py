@@ -1,7 +1,9 @@
-"""The predict API's long-lived parts, one set per app: batchers per model and the task manager.
+"""The predict API's long-lived parts, one set per app: batchers per model and the task queue.
 
 Built by the router's lifespan (or on the first request, for an app run without lifespan events) and kept
-in ``app.state.predict``. The models are the app's: ``app.state.models``, the process's ModelRegistry.
+in ``app.state.predict``. The models are the app's: ``app.state.models``, the process's ModelRegistry. Tasks
+are jobs of the app's job system (``app.state.jobs``, ``enqueue``, ``pipelines``: the node's), run by its
+workers; an app without one answers a task request with 503.
 """
 
 from __future__ import annotations
@@ -17,27 +19,50 @@ from neuronova.config import Settings
 from neuronova.errors import ModelNotLoaded
 from neuronova.models.classification import ClassificationModel
 from neuronova.models.registry import ModelRegistry
-from neuronova.models.segmentation import SegmentationModel
-from neuronova.predict import classification, segmentation
+from neuronova.predict import classification
 from neuronova.predict.batching import MicroBatcher
-from neuronova.predict.tasks import TaskManager, TaskRecord
+from neuronova.predict.tasks import PENDING, PIPELINES, RUNNING, TaskQueue
 
 log = logging.getLogger(__name__)
 
 SEGMENTATION = "mri_segmentation"
-#: Segmentation tasks run one at a time: one run already uses every core (or the GPU).
-TASK_WORKERS = 1
 _create_lock = threading.Lock()
 
 
+class TasksUnavailable(ModelNotLoaded):
+    """503 MODEL_NOT_LOADED (the contract's code for "the model cannot run now"): no job system to run it."""
+
+
 class PredictService:
-    def __init__(self, *, settings: Settings, state: Any, task_workers: int = TASK_WORKERS) -> None:
+    def __init__(self, *, settings: Settings, state: Any) -> None:
         self.settings = settings
         self._state = state
         self._lock = threading.Lock()
         self._batchers: dict[int, tuple[ClassificationModel, MicroBatcher[Any, Any]]] = {}
-        self.tasks = TaskManager(Path(settings.data_dir) / "predict", runners={SEGMENTATION: self._run_segmentation},
-                                 workers=task_workers)
+        self._tasks: TaskQueue | None = None
+
+    @property
+    def tasks(self) -> TaskQueue:
+        """The task queue over the app's job system (TasksUnavailable, 503, when the app has none)."""
+        with self._lock:
+            if self._tasks is None:
+                jobs, enqueue, pipelines = (getattr(self._state, n, None) for n in ("jobs", "enqueue", "pipelines"))
+                if jobs is None or enqueue is None or pipelines is None:
+                    raise TasksUnavailable("asynchronous tasks need the node's job queue, which this app does not run")
+
+                def version(kind: str) -> str:
+                    pipeline = pipelines.get(PIPELINES[kind])
+                    if pipeline is None:
+                        raise TasksUnavailable(f"the job system has no pipeline {PIPELINES[kind]!r}")
+                    return str(pipeline.version)
+
+                self._tasks = TaskQueue(Path(self.settings.data_dir) / "predict", jobs=jobs, enqueue=enqueue,
+                                        versions=version)
+            return self._tasks
+
+    @property
+    def has_tasks(self) -> bool:
+        return all(getattr(self._state, n, None) is not None for n in ("jobs", "enqueue", "pipelines"))
 
     @property
     def registry(self) -> ModelRegistry:
@@ -55,26 +80,18 @@ class PredictService:
                 entry = self._batchers[id(model)] = (model, batcher)
             return entry[1]
 
-    def _run_segmentation(self, record: TaskRecord, task_dir: Path, progress: Any) -> dict[str, Any]:
-        model = self.registry.get(SEGMENTATION, SegmentationModel)
-        return segmentation.run_segmentation(
-            task_dir=task_dir, description=record.params["input"], model=model, explain=bool(record.params["xai"]),
-            xai_budget_s=self.settings.xai_time_budget_seconds, series_number_base=self.settings.series_number_base,
-            progress=progress)
-
     def health(self) -> dict[str, Any]:
         with self._lock:
             batchers = {model.id: batcher.stats.as_dict() for model, batcher in self._batchers.values()}
         return {"batching": {"enabled": self.settings.max_batch_size > 1, "max_batch_size": self.settings.max_batch_size,
                              "wait_ms": self.settings.batch_wait_ms, "models": batchers},
-                "tasks": self.tasks.counts()}
+                "tasks": self.tasks.counts(SEGMENTATION) if self.has_tasks else {PENDING: 0, RUNNING: 0}}
 
     def close(self) -> None:
         with self._lock:
             for _, batcher in self._batchers.values():
                 batcher.close()
             self._batchers.clear()
-        self.tasks.close()
 
 
 def service_for(app: Any) -> PredictService:

@@ -1,15 +1,20 @@
-"""Asynchronous predict tasks: durable records in SQLite, run by a small in-process thread pool.
+"""Asynchronous predict tasks are jobs on the node's queue, run by the same workers as the study pipelines.
 
-``<data_dir>/predict/tasks.sqlite3`` holds one row per task: ``pending -> running -> completed | failed``,
-with progress, the result (JSON) or the error (code, message), and the subject of the token that created it
-(other subjects get 404, as for a task that does not exist). A task's files live in
-``<data_dir>/predict/<task_id>/`` (segmentation.py says what is there); the id is made here
-(``TASK_<uuid4>``) and checked against its pattern before it names a directory.
+``POST /predict/mri_segmentation`` checks the upload, keeps it in ``<data_dir>/predict/<task_id>/input/`` and
+creates a job of the pipeline ``predict.mri_segmentation`` (:mod:`neuronova.predict.pipeline`) in the job
+table, then sends its message on the queue (SQLite or Redis): any worker takes it, on the node, beside it
+on the shared volume, or on another machine (which fetches the input from the node and sends the result
+files back, fenced by the job's claim: :mod:`neuronova.api.task_files`). ``task_status`` reads that job.
 
-The record is written only once the upload is complete and checked, so a pending task always has its input.
-On start: tasks left ``running`` by a previous process are marked failed ("interrupted, resubmit"), since
-their run died with it; ``pending`` ones are queued again; directories without a record (an upload cut
-off before its task was created) are removed.
+The job's ``series_uid`` is the task id (``TASK_<uuid4>``, made here and checked against its pattern before
+it names a directory), its ``study_uid`` is empty (no study of the index), its ``input_fingerprint`` holds
+the task's parameters and owner (``predict:`` then JSON), and its ``summary`` the result when it is done.
+So a task inherits what jobs do: a worker killed mid-task (or a node restarted) leaves the job's lease to
+expire, the reconciler queues it again and another run completes it; transient failures are retried with
+backoff up to ``max_attempts``; a bad input fails at once with its code.
+
+Job states read as task states: queued -> pending, running/writing/sending -> running, done -> completed,
+failed -> failed. A task of another subject answers 404, as one that does not exist.
 """
 
 from __future__ import annotations
@@ -18,45 +23,34 @@ import json
 import logging
 import re
 import shutil
-import sqlite3
-import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from neuronova.errors import InvalidRequest, NeuroNovaError, NotFound, RateLimited
+from neuronova.errors import InvalidRequest, NotFound, RateLimited
+from neuronova.jobs.model import ACTIVE_STATES, FINAL_STATES, Job, JobState, job_id_for
+from neuronova.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
 
 TASK_ID = re.compile(r"TASK_[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 PENDING, RUNNING, COMPLETED, FAILED = "pending", "running", "completed", "failed"
-INTERRUPTED = "interrupted by a restart of the node before it finished; resubmit"
+#: The job pipeline of each task kind.
+PIPELINES = {"mri_segmentation": "predict.mri_segmentation"}
+#: Prefix of a task job's input fingerprint.
+PARAMS_PREFIX = "predict:"
+INPUT_DIR, RESULT_DIR = "input", "result"
 #: More waiting tasks than this and a new one is refused (429 with Retry-After) rather than queued.
 MAX_QUEUED = 32
 DEFAULT_ESTIMATE_S = 10.0
+_STATUS = {JobState.QUEUED: PENDING, JobState.RUNNING: RUNNING, JobState.WRITING: RUNNING,
+           JobState.SENDING: RUNNING, JobState.DONE: COMPLETED, JobState.FAILED: FAILED}
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS tasks (
-    task_id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    owner TEXT NOT NULL,
-    status TEXT NOT NULL,
-    progress INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    params TEXT NOT NULL,
-    result TEXT,
-    error_code TEXT,
-    error_message TEXT
-);
-CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status, created_at);
-"""
+#: ``enqueue(job_id, delay=seconds)``: the job system's.
+Enqueue = Callable[..., None]
 
 
 def new_task_id() -> str:
@@ -69,8 +63,32 @@ def check_task_id(task_id: str) -> str:
     return task_id
 
 
-@dataclass
+def task_job_id(task_id: str, kind: str) -> str:
+    return job_id_for(task_id, PIPELINES[kind])
+
+
+def is_task_job(job: Job) -> bool:
+    return job.pipeline in PIPELINES.values()
+
+
+def encode_params(*, owner: str, params: dict[str, Any]) -> str:
+    return PARAMS_PREFIX + json.dumps({"owner": owner, **params}, separators=(",", ":"), sort_keys=True)
+
+
+def decode_params(fingerprint: str) -> dict[str, Any]:
+    """A task job's parameters (owner, input description, xai, request_id, ...); ValueError otherwise."""
+    if not fingerprint.startswith(PARAMS_PREFIX):
+        raise ValueError("not a predict task's job")
+    params = json.loads(fingerprint[len(PARAMS_PREFIX):])
+    if not isinstance(params, dict):
+        raise ValueError("a predict task's parameters are a JSON object")
+    return params
+
+
+@dataclass(frozen=True)
 class TaskRecord:
+    """A task as the predict API shows it (read from its job)."""
+
     task_id: str
     kind: str
     owner: str
@@ -85,189 +103,109 @@ class TaskRecord:
     error_code: str | None
     error_message: str | None
 
-
-class TaskStore:
-    """The task table; thread-safe (one connection, one lock: a handful of writes per task)."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._conn.row_factory = sqlite3.Row
-        self._lock = threading.Lock()
-        with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")  # a created task survives a power cut
-            self._conn.executescript(_SCHEMA)
-
-    def create(self, *, task_id: str, kind: str, owner: str, params: dict[str, Any]) -> None:
-        now = time.time()
-        with self._lock:
-            self._conn.execute(
-                "INSERT INTO tasks (task_id, kind, owner, status, progress, created_at, updated_at, params) "
-                "VALUES (?, ?, ?, ?, 0, ?, ?, ?)", (task_id, kind, owner, PENDING, now, now, json.dumps(params)))
-
-    def get(self, task_id: str) -> TaskRecord | None:
-        with self._lock:
-            row = self._conn.execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
-        if row is None:
-            return None
-        values = dict(row)
-        values["params"] = json.loads(values["params"])
-        values["result"] = json.loads(values["result"]) if values["result"] else None
-        return TaskRecord(**values)
-
-    def update(self, task_id: str, **fields: Any) -> None:
-        fields["updated_at"] = time.time()
-        if "result" in fields and fields["result"] is not None:
-            fields["result"] = json.dumps(fields["result"])
-        columns = ", ".join(f"{name} = ?" for name in fields)
-        with self._lock:
-            self._conn.execute(f"UPDATE tasks SET {columns} WHERE task_id = ?", (*fields.values(), task_id))
-
-    def ids(self, status: str) -> list[str]:
-        with self._lock:
-            rows = self._conn.execute("SELECT task_id FROM tasks WHERE status = ? ORDER BY created_at", (status,))
-            return [r[0] for r in rows.fetchall()]
-
-    def known(self, task_ids: list[str]) -> set[str]:
-        with self._lock:
-            found = set()
-            for tid in task_ids:
-                if self._conn.execute("SELECT 1 FROM tasks WHERE task_id = ?", (tid,)).fetchone():
-                    found.add(tid)
-            return found
-
-    def mark_interrupted(self) -> int:
-        now = time.time()
-        with self._lock:
-            cur = self._conn.execute(
-                "UPDATE tasks SET status = ?, error_code = ?, error_message = ?, finished_at = ?, updated_at = ? "
-                "WHERE status = ?", (FAILED, "INTERNAL_SERVER_ERROR", INTERRUPTED, now, now, RUNNING))
-            return cur.rowcount
-
-    def recent_durations(self, kind: str, n: int = 10) -> list[float]:
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT finished_at - started_at FROM tasks WHERE kind = ? AND status = ? "
-                "ORDER BY finished_at DESC LIMIT ?", (kind, COMPLETED, n)).fetchall()
-        return [float(r[0]) for r in rows if r[0] is not None]
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+    @classmethod
+    def from_job(cls, job: Job, kind: str) -> TaskRecord:
+        params = decode_params(job.input_fingerprint)
+        status = _STATUS[job.state]
+        progress = {PENDING: 0, COMPLETED: 100}.get(status, max(1, min(99, int(job.progress))))
+        return cls(task_id=job.series_uid, kind=kind, owner=str(params.pop("owner", "")), status=status,
+                   progress=progress, created_at=job.created_at, updated_at=job.updated_at,
+                   started_at=job.started_at, finished_at=job.finished_at, params=params,
+                   result=job.summary if status == COMPLETED else None,
+                   error_code=job.error_code if status == FAILED else None,
+                   error_message=job.error_message if status == FAILED else None)
 
 
-#: A task kind's runner: (record, task directory, progress callback) -> result (JSON-ready).
-Runner = Callable[[TaskRecord, Path, Callable[[int], None]], dict[str, Any]]
+class TaskQueue:
+    """Creates task jobs, answers for them, and keeps ``root`` (``<data_dir>/predict``) tidy."""
 
-
-class TaskManager:
-    """Creates, runs and answers for tasks of the kinds in ``runners``."""
-
-    def __init__(self, root: Path, *, runners: dict[str, Runner], workers: int = 1) -> None:
+    def __init__(self, root: Path, *, jobs: JobStore, enqueue: Enqueue, versions: Callable[[str], str]) -> None:
+        """``versions(kind)``: the model version a new task of ``kind`` runs with (its pipeline's)."""
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
-        self.store = TaskStore(root / "tasks.sqlite3")
-        self.runners = runners
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="predict-task")
-        self._futures: set[Future[None]] = set()
-        self._closed = False
-        interrupted = self.store.mark_interrupted()
-        if interrupted:
-            log.warning("%d predict task(s) were interrupted by a restart and are marked failed", interrupted)
-        self._remove_orphans()
-        for task_id in self.store.ids(PENDING):
-            self._queue(task_id)
+        self.jobs = jobs
+        self.enqueue = enqueue
+        self.versions = versions
+        self.tidy()
 
-    def _remove_orphans(self) -> None:
-        dirs = [p for p in self.root.iterdir() if p.is_dir() and TASK_ID.fullmatch(p.name)]
-        known = self.store.known([p.name for p in dirs])
-        for path in dirs:
-            if path.name not in known:
+    def tidy(self) -> None:
+        """Remove what no task needs: directories without a job (an upload cut off before its task was
+        created) and the input of finished tasks (a worker on another machine cannot remove the node's)."""
+        for path in self.root.iterdir():
+            if not (path.is_dir() and TASK_ID.fullmatch(path.name)):
+                continue
+            job = next((j for kind in PIPELINES if (j := self.jobs.get(task_job_id(path.name, kind)))), None)
+            if job is None:
                 shutil.rmtree(path, ignore_errors=True)
+            elif job.state in FINAL_STATES:
+                shutil.rmtree(path / INPUT_DIR, ignore_errors=True)
 
     def task_dir(self, task_id: str) -> Path:
         return self.root / check_task_id(task_id)
 
-    def new_task(self) -> tuple[str, Path]:
+    def _jobs(self, kind: str, state: JobState) -> list[Job]:
+        pipeline = PIPELINES[kind]
+        out: list[Job] = []
+        after: tuple[float, str] | None = None
+        while True:
+            page = self.jobs.list_jobs(state=state, after=after, limit=500)
+            out += [j for j in page if j.pipeline == pipeline]
+            if len(page) < 500:
+                return out
+            after = (page[-1].updated_at, page[-1].job_id)
+
+    def new_task(self, kind: str) -> tuple[str, Path]:
         """A fresh id and its (empty) directory, before the upload is read; refused when the queue is full."""
-        waiting = len(self.store.ids(PENDING))
+        waiting = len(self._jobs(kind, JobState.QUEUED))
         if waiting >= MAX_QUEUED:
             raise RateLimited(f"{waiting} tasks are waiting; try again later",
-                              retry_after=max(1, int(self.estimate_seconds("mri_segmentation", 1))))
+                              retry_after=max(1, int(self.estimate_seconds(kind, 1))))
         task_id = new_task_id()
         path = self.task_dir(task_id)
         path.mkdir()
         return task_id, path
 
-    def submit(self, *, task_id: str, kind: str, owner: str, params: dict[str, Any]) -> None:
-        if kind not in self.runners:
-            raise ValueError(f"no runner for task kind {kind!r}")
-        self.store.create(task_id=task_id, kind=kind, owner=owner, params=params)
-        self._queue(task_id)
-
-    def _queue(self, task_id: str) -> None:
-        future = self._pool.submit(self._execute, task_id)
-        self._futures.add(future)
-        future.add_done_callback(self._futures.discard)
+    def submit(self, *, task_id: str, kind: str, owner: str, params: dict[str, Any]) -> TaskRecord:
+        """Create the task's job (its input is in place) and send its message."""
+        job, fresh = self.jobs.ensure_job(study_uid="", series_uid=check_task_id(task_id), pipeline=PIPELINES[kind],
+                                          model_version=self.versions(kind),
+                                          input_fingerprint=encode_params(owner=owner, params=params))
+        if fresh:
+            try:
+                self.enqueue(job.job_id)
+            except Exception:
+                # The job is recorded: the reconciler sends the message of a queued job that has none.
+                log.warning("task %s: could not enqueue; the reconciler will", task_id, exc_info=True)
+        return TaskRecord.from_job(job, kind)
 
     def get(self, task_id: str, *, owner: str) -> TaskRecord:
         """The task, or NotFound (404) when it does not exist or belongs to another subject."""
-        record = self.store.get(check_task_id(task_id))
-        if record is None or record.owner != owner:
-            raise NotFound(f"no task {task_id}")
-        return record
+        check_task_id(task_id)
+        for kind in PIPELINES:
+            job = self.jobs.get(task_job_id(task_id, kind))
+            if job is not None:
+                record = TaskRecord.from_job(job, kind)
+                if record.owner == owner:
+                    if job.state in FINAL_STATES:
+                        # A worker on another machine cannot remove the node's copy of the upload; the node
+                        # does when it sees the task finished (and tidy() at the next start).
+                        shutil.rmtree(self.task_dir(task_id) / INPUT_DIR, ignore_errors=True)
+                    return record
+        raise NotFound(f"no task {task_id}")
 
     def estimate_seconds(self, kind: str, queued: int | None = None) -> float:
         """Seconds until the last of ``queued`` tasks (default: those pending and running) is done: the mean
-        of the last runs (DEFAULT_ESTIMATE_S before the first) times the queue."""
-        durations = self.store.recent_durations(kind)
+        of the last runs (DEFAULT_ESTIMATE_S before the first) times the queue (one at a time: a worker that
+        segments uses every core, or its GPU)."""
+        recent = self.jobs.list_jobs(state=JobState.DONE, since=time.time() - 24 * 3600, limit=1000)
+        durations = [j.finished_at - j.started_at for j in recent[-200:]
+                     if j.pipeline == PIPELINES[kind] and j.finished_at and j.started_at][-10:]
         each = sum(durations) / len(durations) if durations else DEFAULT_ESTIMATE_S
         if queued is None:
-            queued = len(self.store.ids(PENDING)) + len(self.store.ids(RUNNING))
+            counts = self.counts(kind)
+            queued = counts[PENDING] + counts[RUNNING]
         return round(each * max(1, queued), 1)
 
-    def _execute(self, task_id: str) -> None:
-        record = self.store.get(task_id)
-        if record is None or record.status != PENDING or self._closed:
-            return
-        started = time.time()
-        self.store.update(task_id, status=RUNNING, progress=1, started_at=started)
-        task_dir = self.root / task_id
-
-        def progress(percent: int) -> None:
-            self.store.update(task_id, progress=max(1, min(99, int(percent))))
-
-        try:
-            result = self.runners[record.kind](record, task_dir, progress)
-        except NeuroNovaError as exc:
-            log.info("task %s failed: %s", task_id, exc.code)
-            self._finish(task_id, status=FAILED, error_code=exc.code, error_message=exc.message)
-        except Exception as exc:
-            # The type and the stack, not the message: it may quote patient data (the full error goes to DEBUG).
-            log.error("task %s failed unexpectedly: %s", task_id, type(exc).__name__)
-            log.debug("task %s failure", task_id, exc_info=exc)
-            self._finish(task_id, status=FAILED, error_code="INTERNAL_SERVER_ERROR",
-                         error_message="internal error while running the task; the node's log has the details")
-        else:
-            self._finish(task_id, status=COMPLETED, progress=100, result=result)
-            log.info("task %s completed in %.2f s", task_id, time.time() - started)
-        finally:
-            shutil.rmtree(task_dir / "input", ignore_errors=True)  # the results are what is kept
-
-    def _finish(self, task_id: str, **fields: Any) -> None:
-        self.store.update(task_id, finished_at=time.time(), **fields)
-
-    def counts(self) -> dict[str, int]:
-        return {status: len(self.store.ids(status)) for status in (PENDING, RUNNING)}
-
-    def close(self, timeout: float = 10.0) -> None:
-        """Drop the queued runs (they stay pending and run after the next start) and give a running one
-        ``timeout`` seconds to finish; one still running then is marked failed at the next start."""
-        self._closed = True
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        _, still_running = wait(list(self._futures), timeout=timeout)
-        if still_running:
-            log.warning("%d predict task(s) still running at shutdown", len(still_running))
-            return  # the store stays open for them; the process is ending anyway
-        self.store.close()
+    def counts(self, kind: str = "mri_segmentation") -> dict[str, int]:
+        running = sum(len(self._jobs(kind, state)) for state in (*ACTIVE_STATES, JobState.SENDING))
+        return {PENDING: len(self._jobs(kind, JobState.QUEUED)), RUNNING: running}

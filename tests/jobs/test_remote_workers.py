@@ -8,17 +8,23 @@ the job to the other worker, still one result set.
 
 from __future__ import annotations
 
+import gzip
+import io
 import os
 import signal
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import nibabel as nib
+import numpy as np
 import pytest
 
 from neuronova.phantoms.dicom import make_mr_study, write_series
+from neuronova.predict.tasks import task_job_id
 from tests.conftest import NodeProcess, storescu
 from tests.jobs.helpers import rules_file, wait_for
 
@@ -125,3 +131,32 @@ def test_remote_workers_run_jobs_over_http_and_survive_a_kill(tmp_path: Path, cl
     assert job["state"] == "done", job
     assert job["attempts"] == 2 and int(job["worker"].split(":")[1]) != victim_pid
     _one_result_set(node, study_uid, series_uid, job)
+
+    # 3. A predict API task (an upload, not a study): a job on the same queue, run by a remote worker, which
+    # fetches the upload from the node and puts the result files back (the node itself runs no worker).
+    survivor = next(w for w in workers if w.pid != victim_pid)
+    study = make_mr_study(23, shape=(40, 96, 96))
+    upload = io.BytesIO()
+    with zipfile.ZipFile(upload, "w") as archive:
+        for i, ds in enumerate(study.datasets):
+            part = io.BytesIO()
+            ds.save_as(part, enforce_file_format=True)
+            archive.writestr(f"IM{i:04d}", part.getvalue())
+    with httpx.Client(base_url=node.url, headers=node.headers, timeout=60) as http:
+        created = http.post("/predict/mri_segmentation", files={"image": ("s.zip", upload.getvalue())})
+        assert created.status_code == 202, created.text
+        task_id = created.json()["task_id"]
+        body = wait_for(lambda: (b := http.get(created.json()["status_url"]).json())["status"] in
+                        ("completed", "failed") and b, timeout=180, interval=0.2, what="the predict task")
+        assert body["status"] == "completed", body
+        job = http.get(f"/api/v1/jobs/{task_job_id(task_id, 'mri_segmentation')}").json()
+        assert int(job["worker"].split(":")[1]) == survivor.pid
+        mask = nib.Nifti1Image.from_bytes(gzip.decompress(http.get(body["result"]["mask_url"]).content))
+        seg = http.get(body["result"]["seg_url"])
+        assert seg.status_code == 200 and seg.content[128:132] == b"DICM"
+    labels = np.asarray(mask.dataobj)
+    voxel_ml = abs(float(np.linalg.det(mask.affine[:3, :3]))) / 1000
+    assert body["result"]["volumes_ml"]["whole tumour"] == pytest.approx((labels > 0).sum() * voxel_ml, abs=1e-3)
+    assert (labels > 0).sum() > 0
+    assert not (node.data_dir / "predict" / task_id / "input").exists()
+    assert not any((tmp_path / f"worker{i}" / "data" / "predict" / task_id).exists() for i in (0, 1))

@@ -27,6 +27,7 @@ from PIL import Image
 from neuronova.api.app import create_app
 from neuronova.api.auth import mint_token
 from neuronova.config import Settings
+from neuronova.jobs.worker import JobSystem, build_job_system
 from neuronova.models import ModelRegistry
 from neuronova.models.metadata import METADATA_FILE
 from neuronova.models.registry import DEFAULT_MODEL_DIR, MODEL_IDS
@@ -79,21 +80,31 @@ class Api:
 
 
 @pytest.fixture
-def make_api(tmp_path: Path, registry: ModelRegistry) -> Iterator[Callable[..., Api]]:
+def make_api(tmp_path: Path, registry: ModelRegistry, model_dir: Path) -> Iterator[Callable[..., Api]]:
+    """Apps built as the node builds them: the predict routes, and a job system with one in-process worker
+    (SQLite queue and job table in the app's data directory) that runs the segmentation tasks."""
     stores: list[InstanceStore] = []
+    systems: list[JobSystem] = []
     count = 0
 
     def make(models: ModelRegistry | None = None, **overrides: Any) -> Api:
         nonlocal count
         count += 1
         secret = secrets.token_hex(32)
+        overrides.setdefault("model_dir", model_dir)
         settings = Settings(data_dir=tmp_path / f"data{count}", jwt_secret=secret, **overrides)
         store = InstanceStore(settings.data_dir)
         stores.append(store)
-        app = create_app(settings=settings, store=store, state={"models": registry if models is None else models})
+        system = build_job_system(settings, store=store)
+        system.start(workers=1)
+        systems.append(system)
+        app = create_app(settings=settings, store=store,
+                         state={"models": registry if models is None else models, **system.app_state()})
         return Api(app=app, settings=settings, secret=secret)
 
     yield make
+    for system in systems:
+        system.stop()
     for store in stores:
         store.close()
 

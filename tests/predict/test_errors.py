@@ -164,16 +164,16 @@ def test_unknown_and_malformed_task(client) -> None:
 
 
 def test_internal_server_error(api) -> None:
-    # The task table disappears under the running service (a damaged disk, a bad migration): an
-    # unexpected sqlite3 error, answered with the generic 500 body and no detail from the exception.
+    # The job table (where tasks live) disappears under the running service (a damaged disk, a bad
+    # migration): an unexpected sqlite3 error, answered with the generic 500 body and no detail from it.
     with TestClient(api.app, raise_server_exceptions=False) as client:
         client.headers.update(api.headers())
         unknown = "TASK_550e8400-e29b-41d4-a716-446655440000"
         assert client.get(f"/predict/task_status/{unknown}").status_code == 404  # the service is up
-        with sqlite3.connect(api.settings.data_dir / "predict" / "tasks.sqlite3") as db:
-            db.execute("DROP TABLE tasks")
+        with sqlite3.connect(api.settings.data_dir / "jobs.sqlite3") as db:
+            db.execute("DROP TABLE jobs")
         body = assert_error(client.get(f"/predict/task_status/{unknown}"), 500, "INTERNAL_SERVER_ERROR")
-        assert "tasks" not in body["error"]["message"]  # sqlite's message stays in the log
+        assert "jobs" not in body["error"]["message"]  # sqlite's message stays in the log
 
 
 def test_cors_origins_are_configurable(make_api) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
-import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -17,7 +17,12 @@ from fastapi.testclient import TestClient
 from neuronova.models.segmentation import SegmentationModel
 from neuronova.pipelines.volume import load_series
 from neuronova.predict.segmentation import nifti_affine
-from neuronova.predict.tasks import FAILED, TaskManager
+from neuronova.api.app import create_app
+from neuronova.api.auth import mint_token
+from neuronova.config import Settings
+from neuronova.phantoms import make_mr_study
+from neuronova.predict.tasks import task_job_id
+from neuronova.store import InstanceStore
 from tests.predict.conftest import dicom_bytes, mr_zip, nifti_gz, wait_task
 
 URL = "/predict/mri_segmentation"
@@ -125,47 +130,55 @@ def test_a_bad_series_is_refused_at_once(client, mr_study, ct_slice) -> None:
     assert [p.name for p in (client.app.state.settings.data_dir / "predict").iterdir() if p.is_dir()] == []
 
 
-def test_restart_fails_running_tasks_and_resumes_pending_ones(tmp_path: Path) -> None:
-    release = threading.Event()
-    started = threading.Event()
-    done: list[str] = []
-
-    def slow(record, task_dir, progress):
-        started.set()
-        release.wait(10)
-        return {"ok": True}
-
-    def quick(record, task_dir, progress):
-        done.append(record.task_id)
-        progress(50)
-        return {"ok": True}
-
-    root = tmp_path / "predict"
-    first = TaskManager(root, runners={"seg": slow})
-    ids = []
-    for _ in range(2):
-        task_id, _ = first.new_task()
-        first.submit(task_id=task_id, kind="seg", owner="me", params={})
-        ids.append(task_id)
-    orphan = root / "TASK_550e8400-e29b-41d4-a716-446655440000"
-    orphan.mkdir()  # an upload cut off before its task was recorded
-    assert started.wait(10)
-    first.close(timeout=0.1)  # the process "dies" with task 0 running and task 1 pending
-
-    second = TaskManager(root, runners={"seg": quick})
-    try:
-        interrupted = second.get(ids[0], owner="me")
-        assert interrupted.status == FAILED and "resubmit" in (interrupted.error_message or "")
-        for _ in range(200):
-            if second.get(ids[1], owner="me").status == "completed":
+@pytest.mark.slow
+def test_a_task_interrupted_by_a_killed_node_resumes_after_the_restart(node_factory, registry) -> None:
+    """The task is a job of the node's queue: kill -9 of the node mid-task leaves its lease to expire; the
+    restarted node's reconciler queues it again and it completes (the old thread pool failed it)."""
+    study = make_mr_study(11, shape=(48, 128, 128), n_tumours=1)
+    node = node_factory(env={"NEURONOVA_HEARTBEAT_SECONDS": "1"})
+    with httpx.Client(base_url=node.url, headers=node.headers, timeout=60) as http:
+        created = http.post(URL, files={"image": ("s.zip", mr_zip(study))}, data={"xai": "true"})
+        assert created.status_code == 202, created.text
+        status_url = created.json()["status_url"]
+        task_id = created.json()["task_id"]
+        seen = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            seen.append(http.get(status_url).json()["status"])
+            if seen[-1] != "pending":
                 break
-            threading.Event().wait(0.02)
-        assert second.get(ids[1], owner="me").status == "completed"
-        assert done == [ids[1]] and not orphan.exists()
-    finally:
-        release.set()
-        second.close()
+            time.sleep(0.02)
+        assert seen[-1] == "running", seen  # killed while its worker runs it
+    node.kill()
+    node.start()
+    with httpx.Client(base_url=node.url, headers=node.headers, timeout=60) as http:
+        body = wait_task(http.get, status_url, timeout=120)
+        assert body["status"] == "completed", body
+        volume = load_series(study.datasets)
+        mask = load_nifti(http.get(body["result"]["mask_url"]).content)
+        expected = registry.get("mri_segmentation", SegmentationModel).predict(volume.array)
+        np.testing.assert_array_equal(np.asarray(mask.dataobj).transpose(2, 1, 0), expected)
+        job = http.get(f"/api/v1/jobs/{task_job_id(task_id, 'mri_segmentation')}").json()
+        assert job["pipeline"] == "predict.mri_segmentation" and job["state"] == "done"
+        assert job["attempts"] == 2  # the killed run, then the one that finished
+    assert not (node.data_dir / "predict" / task_id / "input").exists()
 
+
+def test_an_app_without_a_job_system_refuses_tasks(tmp_path: Path, registry, mr_study) -> None:
+    """The predict API alone (no node around it) has no queue to run a task on: 503, not a thread of its own."""
+    secret = "s" * 32
+    settings = Settings(data_dir=tmp_path / "data", jwt_secret=secret)
+    store = InstanceStore(settings.data_dir)
+    try:
+        app = create_app(settings=settings, store=store, state={"models": registry})
+        with TestClient(app) as client:
+            client.headers["Authorization"] = "Bearer " + mint_token(secret, sub="t", audience="neuronova",
+                                                                     issuer="neuronova")
+            response = client.post(URL, files={"image": ("s.zip", mr_zip(mr_study))})
+            assert response.status_code == 503 and response.json()["error"]["code"] == "MODEL_NOT_LOADED"
+            assert "job queue" in response.json()["error"]["message"]
+    finally:
+        store.close()
 
 
 def test_a_failed_explanation_leaves_the_segmentation(make_api, mr_study) -> None:

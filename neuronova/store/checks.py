@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import struct
 from dataclasses import dataclass
+from functools import lru_cache
 
 from pydicom.charset import python_encoding
 from pydicom.datadict import dictionary_VM, keyword_for_tag
@@ -224,7 +225,9 @@ def text_warnings(scanned: ScannedInstance) -> list[TextWarning]:
     return out
 
 
+@lru_cache(maxsize=8192)
 def _text_rule(tag: int, vr: bytes, raw: bytes, encoding: str | None) -> str:
+    # Cached: most text values repeat across the instances of a series (names, dates, descriptions, codes).
     if vr in CHARSET_VRS:
         if encoding is None:
             text = raw.decode("latin-1")

@@ -1,10 +1,15 @@
 """The SQLite index of stored instances, series and studies (and each study's stability).
 
 One :class:`~neuronova.sqlite.Database` (a write connection behind a lock, pooled readers that never wait for
-a commit), shared by the C-STORE handler threads, the STOW-RS route and the study watcher. WAL with synchronous=FULL: every commit is fsync'd before
-it returns, so the index row of an acknowledged instance survives a power cut, not only a killed process
-(NORMAL syncs the WAL only at checkpoints: a cut could lose the rows of acknowledged instances). The instance
-files themselves are fsync'd before they are indexed.
+a commit), shared by the C-STORE handler threads, the STOW-RS route and the study watcher.
+
+Durability: the instance files are the record. Each is fsync'd, with its directory, before its row is
+written and before success is answered. The index runs WAL with synchronous=NORMAL: a commit survives a
+killed process, and a power cut may lose the last commits, which the store rebuilds at its next start, before
+anything listens (:mod:`neuronova.store.reconcile` indexes every complete file found without a row), so an
+acknowledged instance is never lost nor taken for a leftover (tests/ingest/test_power_cut.py cuts the power
+at random points). FULL would fsync the WAL on every commit: one more flush per group of instances, for rows
+the files already guarantee (measured: 4 associations, MR, 640 -> 746 instances/s on the development VM).
 """
 
 from __future__ import annotations
@@ -66,7 +71,7 @@ class Index:
         self._group = threading.Condition(threading.Lock())
         self._queue: list[_PendingRow] = []
         self._committing = False
-        self.db = Database(path, synchronous="FULL", schema=SCHEMA,
+        self.db = Database(path, synchronous="NORMAL", schema=SCHEMA,
                            functions={"nn_dicom_match": (3, _dicom_match)})
         columns = self.db.columns("instances")
         for column in ("patient_id", "issuer_of_patient_id"):  # indexes made before these columns existed
@@ -88,11 +93,11 @@ class Index:
 
     def add_instance(self, attrs: Mapping[str, str], *, transfer_syntax: str, path: str, size: int,
                      received_at: float | None = None) -> None:
-        """Index one stored instance (durably: its commit is fsync'd); its study becomes (or stays) not stable
+        """Index one stored instance (its file is already durable); its study becomes (or stays) not stable
         until it is quiet again.
 
         Group commit: rows that arrive while a commit runs wait, then go in one transaction together (one WAL
-        fsync for all, instead of one each: with synchronous=FULL the fsync is most of a commit's cost). A batch
+        write for all, instead of one each). A batch
         that fails is retried row by row, so one bad row fails alone."""
         entry = _PendingRow((attrs, transfer_syntax, path, size, time.time() if received_at is None else received_at))
         with self._group:

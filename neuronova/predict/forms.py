@@ -1,9 +1,10 @@
 """multipart/form-data uploads, parsed as they stream in, with the size limit enforced on the way.
 
 FastAPI's ``UploadFile``/``Form`` parameters read the whole body before the route runs, so a 5 GB upload
-would be received and spooled before anyone could say 413. Here the body is fed chunk by chunk to
-python-multipart's parser: a declared ``Content-Length`` over the limit is refused before a byte is read,
-and a body that grows past the limit is refused at the chunk that crosses it; the rest is never read.
+would be received and spooled before anyone could say 413. Here the body is read by the streaming multipart
+reader every upload shares (``neuronova.multipart``): a declared ``Content-Length`` over the limit is refused
+before a byte is read, and a body that grows past the limit is refused at the chunk that crosses it; the rest
+is never read. This module is the form's side: its parts' sinks and limits.
 
 Limits (one request):
 - file parts together: ``max_file_bytes`` (``Settings.max_upload_bytes``, 50 MB by default);
@@ -24,11 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from neuronova.errors import InvalidRequest, NeuroNovaError, PayloadTooLarge
+from neuronova.errors import InvalidRequest, PayloadTooLarge
+from neuronova.multipart import Limits, PartHeaders, PartSink, read_multipart
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,8 @@ class FormData:
         return [f for f in self.files if f.field in wanted]
 
 
-class _State:
-    """The parser's callbacks: one part at a time, into memory or a spool file."""
+class _Form:
+    """The sinks' side: what the parts add up to, and the route's own limits on them."""
 
     def __init__(self, *, max_file_bytes: int, file_fields: frozenset[str], spool_dir: Path | None,
                  max_files: int) -> None:
@@ -91,86 +91,77 @@ class _State:
         self.max_files = max_files
         self.form = FormData()
         self.file_bytes = 0
-        self.ended = False
-        self._header_field = b""
-        self._headers: dict[bytes, bytes] = {}
-        self._name = ""
-        self._text: bytearray | None = None
-        self._file: UploadedFile | None = None
-        self._sink: BinaryIO | None = None
-        self._n_fields = 0
+        self.n_fields = 0
 
-    def on_part_begin(self) -> None:
-        self._headers, self._name, self._text, self._file, self._sink = {}, "", None, None, None
-
-    def on_header_field(self, data: bytes, start: int, end: int) -> None:
-        self._header_field += data[start:end]
-
-    def on_header_value(self, data: bytes, start: int, end: int) -> None:
-        key = self._header_field.lower()
-        self._headers[key] = self._headers.get(key, b"") + data[start:end]
-
-    def on_header_end(self) -> None:
-        self._header_field = b""
-
-    def on_headers_finished(self) -> None:
-        disposition, params = parse_options_header(self._headers.get(b"content-disposition", b""))
-        if disposition != b"form-data" or b"name" not in params:
+    def begin(self, part: PartHeaders) -> PartSink:
+        if part.disposition != "form-data" or part.name is None:
             raise InvalidRequest("every part needs 'Content-Disposition: form-data; name=...'")
-        self._name = params[b"name"].decode("utf-8", "replace")
-        if b"filename" not in params:
-            self._n_fields += 1
-            if self._n_fields > MAX_FIELDS:
+        if part.filename is None:
+            self.n_fields += 1
+            if self.n_fields > MAX_FIELDS:
                 raise InvalidRequest(f"more than {MAX_FIELDS} form fields")
-            self._text = bytearray()
-            return
-        if self._name not in self.file_fields:
-            return  # a file under a name this route does not take: counted, not kept
+            return _TextPart(self, part.name)
+        if part.name not in self.file_fields:
+            return _FilePart(self, None, None)  # a file under a name this route does not take: counted, not kept
         if len(self.form.files) >= self.max_files:
             raise InvalidRequest(f"more than {self.max_files} files in one request")
-        content_type = self._headers.get(b"content-type", b"application/octet-stream").decode("latin-1").strip()
-        upload = UploadedFile(field=self._name, filename=params[b"filename"].decode("utf-8", "replace")[:255],
-                              content_type=content_type)
+        content_type = part.content_type if part.content_type is not None else "application/octet-stream"
+        upload = UploadedFile(field=part.name, filename=part.filename[:255], content_type=content_type)
+        sink: BinaryIO
         if self.spool_dir is None:
-            upload._buffer = io.BytesIO()
-            self._sink = upload._buffer
+            sink = upload._buffer = io.BytesIO()
         else:
             upload.path = self.spool_dir / f"part-{len(self.form.files):06d}"
-            self._sink = upload.path.open("xb")
-        self._file = upload
+            sink = upload.path.open("xb")
         self.form.files.append(upload)
+        return _FilePart(self, upload, sink)
 
-    def on_part_data(self, data: bytes, start: int, end: int) -> None:
-        n = end - start
-        if self._text is not None:
-            if len(self._text) + n > MAX_FIELD_BYTES:
-                raise InvalidRequest(f"field {self._name!r} is longer than {MAX_FIELD_BYTES} bytes")
-            self._text += data[start:end]
-            return
-        self.file_bytes += n
-        if self.file_bytes > self.max_file_bytes:
-            raise PayloadTooLarge(f"the uploaded files exceed the limit of {self.max_file_bytes} bytes")
-        if self._sink is not None and self._file is not None:
-            self._sink.write(memoryview(data)[start:end])
-            self._file.size += n
 
-    def on_part_end(self) -> None:
-        if self._text is not None:
-            try:
-                value = self._text.decode("utf-8")
-            except UnicodeDecodeError:
-                raise InvalidRequest(f"field {self._name!r} is not UTF-8 text") from None
-            self.form.fields.setdefault(self._name, []).append(value)
-        self._close_sink()
-        self._text, self._file = None, None
+class _TextPart:
+    """A text field, kept in memory up to MAX_FIELD_BYTES."""
 
-    def on_end(self) -> None:
-        self.ended = True
+    def __init__(self, form: _Form, name: str) -> None:
+        self.form, self.name, self.text = form, name, bytearray()
 
-    def _close_sink(self) -> None:
-        if self._sink is not None and self.spool_dir is not None:
-            self._sink.close()
-        self._sink = None
+    def write(self, data: memoryview) -> None:
+        if len(self.text) + len(data) > MAX_FIELD_BYTES:
+            raise InvalidRequest(f"field {self.name!r} is longer than {MAX_FIELD_BYTES} bytes")
+        self.text += data
+
+    def end(self) -> None:
+        try:
+            value = self.text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidRequest(f"field {self.name!r} is not UTF-8 text") from None
+        self.form.form.fields.setdefault(self.name, []).append(value)
+
+    def abort(self) -> None:
+        pass
+
+
+class _FilePart:
+    """A file part into memory or its spool file (or, under a name the route does not take, nowhere); every
+    file part counts towards ``max_file_bytes``."""
+
+    def __init__(self, form: _Form, upload: UploadedFile | None, sink: BinaryIO | None) -> None:
+        self.form, self.upload, self.sink = form, upload, sink
+
+    def write(self, data: memoryview) -> None:
+        self.form.file_bytes += len(data)
+        if self.form.file_bytes > self.form.max_file_bytes:
+            raise PayloadTooLarge(f"the uploaded files exceed the limit of {self.form.max_file_bytes} bytes")
+        if self.sink is not None and self.upload is not None:
+            self.sink.write(data)
+            self.upload.size += len(data)
+
+    def end(self) -> None:
+        if self.upload is not None and self.upload.path is not None and self.sink is not None:
+            self.sink.close()
+
+    def abort(self) -> None:
+        self.end()
+        if self.upload is not None and self.upload.path is not None:
+            self.upload.path.unlink(missing_ok=True)  # the request fails: half a file is nobody's
 
 
 async def read_form(
@@ -186,41 +177,10 @@ async def read_form(
     Raises PayloadTooLarge (413 IMAGE_TOO_LARGE) at the first chunk over a limit, InvalidRequest (400) for
     a body that is not well-formed multipart/form-data.
     """
-    ctype, params = parse_options_header(request.headers.get("content-type", ""))
-    if ctype != b"multipart/form-data" or not params.get(b"boundary"):
-        raise InvalidRequest("this route takes multipart/form-data (with a boundary), got "
-                             f"{ctype.decode('latin-1') or 'no Content-Type'}")
-    body_limit = max_file_bytes + FORM_ALLOWANCE
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > body_limit:
-        raise PayloadTooLarge(f"the request declares {declared} bytes; uploads are limited to {max_file_bytes} bytes")
-    state = _State(max_file_bytes=max_file_bytes, file_fields=frozenset(file_fields), spool_dir=spool_dir,
-                   max_files=max_files)
-    parser = MultipartParser(params[b"boundary"].strip(b'"'), {
-        "on_part_begin": state.on_part_begin, "on_part_data": state.on_part_data, "on_part_end": state.on_part_end,
-        "on_header_field": state.on_header_field, "on_header_value": state.on_header_value,
-        "on_header_end": state.on_header_end, "on_headers_finished": state.on_headers_finished,
-        "on_end": state.on_end,
-    })
-    received = 0
-    try:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > body_limit:
-                raise PayloadTooLarge(f"the request body exceeds {body_limit} bytes "
-                                      f"(uploads are limited to {max_file_bytes} bytes)")
-            if not chunk:
-                continue
-            if spool_dir is None:
-                parser.write(chunk)
-            else:  # the callbacks write files: off the event loop
-                await run_in_threadpool(parser.write, chunk)
-    except NeuroNovaError:
-        raise
-    except Exception as exc:  # python-multipart's parse errors
-        raise InvalidRequest(f"malformed multipart body: {exc}") from None
-    finally:
-        state._close_sink()
-    if not state.ended:
-        raise InvalidRequest("malformed multipart body: it ends before the closing boundary")
-    return state.form
+    form = _Form(max_file_bytes=max_file_bytes, file_fields=frozenset(file_fields), spool_dir=spool_dir,
+                 max_files=max_files)
+    limits = Limits(body=max_file_bytes + FORM_ALLOWANCE, note=f" (uploads are limited to {max_file_bytes} bytes)")
+    # Spooling writes files: then off the event loop.
+    await read_multipart(request, form.begin, media_type="multipart/form-data", limits=limits,
+                         wrong_media=InvalidRequest, in_thread=spool_dir is not None)
+    return form.form

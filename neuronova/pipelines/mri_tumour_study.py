@@ -96,7 +96,7 @@ def segment_study(volumes: dict[str, Volume], model: VolumeSegmenter, *, referen
     model_input = prepare(volumes, roles=model.roles, optional_roles=model.optional_roles,
                           preprocessing=model.preprocessing, reference=reference)
     t_prepared = time.perf_counter()
-    probabilities = model.infer(model_input.image)
+    probabilities = model_input.restrict(model.infer(model_input.image), activation=model.postprocessing.activation)
     t_inferred = time.perf_counter()
     on_reference = model_input.to_reference(probabilities)
     t_back = time.perf_counter()

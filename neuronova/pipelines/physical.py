@@ -96,6 +96,21 @@ class ModelInput:
     zero_filled: tuple[str, ...]
     _spatial: Compose
     _reference_meta: MetaTensor
+    #: Model-grid voxels every required series covers (None: all of them). Outside, the model saw a required
+    #: sequence as zero padding, which it was never trained on: no label is given there.
+    covered: np.ndarray | None = None
+
+    def restrict(self, outputs: np.ndarray, *, activation: str) -> np.ndarray:
+        """Model-grid outputs (n_out, I, J, K) with nothing outside ``covered``: background for softmax
+        outputs (channel 0), no region for sigmoid ones."""
+        if self.covered is None:
+            return outputs
+        outside = ~self.covered
+        outputs = outputs.copy()
+        outputs[:, outside] = 0.0
+        if activation == "softmax":
+            outputs[0, outside] = 1.0
+        return outputs
 
     def to_reference(self, outputs: np.ndarray) -> np.ndarray:
         """Model-grid outputs (n_out, I, J, K) -> (n_out, z, y, x) on the reference series' voxels (linear)."""
@@ -146,6 +161,7 @@ def prepare(volumes: Mapping[str, Volume], *, roles: Sequence[str], optional_rol
     grid_shape = tuple(int(n) for n in ref_model.shape[1:])
     resample = SpatialResample(mode="bilinear", padding_mode="zeros")
     channels, zero_filled = [], []
+    coverage: dict[str, np.ndarray] = {}
     for role in roles:
         if role == ref_role:
             channels.append(ref_model.as_tensor()[0])
@@ -154,14 +170,35 @@ def prepare(volumes: Mapping[str, Volume], *, roles: Sequence[str], optional_rol
                 moved = resample(_meta(used[role].array, ras_affine(used[role])), dst_affine=ref_model.affine,
                                  spatial_size=grid_shape)
             channels.append(torch.as_tensor(moved)[0])
+            coverage[role] = field_of_view(used[role], ref_model.affine.numpy(), grid_shape)
         else:
             channels.append(torch.zeros(grid_shape))
             zero_filled.append(role)
     image = normalise(torch.stack(channels).float(), preprocessing.normalisation)
+    covered: np.ndarray | None = None
     for i, role in enumerate(roles):
         if role in zero_filled:
             image[i] = 0.0  # an absent role stays zero after normalisation, as the model was trained
+        elif role in coverage and not coverage[role].all():
+            if role in optional_roles:
+                image[i][torch.from_numpy(~coverage[role])] = 0.0  # outside its slab: as if absent
+            else:
+                covered = coverage[role] if covered is None else covered & coverage[role]
     log.debug("model grid %s from reference %s %s", grid_shape, ref_role, ref.shape)
     return ModelInput(image=torch.as_tensor(image).numpy().astype(np.float32), affine=ref_model.affine.numpy(),
                       reference_role=ref_role, reference=ref, zero_filled=tuple(zero_filled), _spatial=spatial,
-                      _reference_meta=ref_model)
+                      _reference_meta=ref_model, covered=covered)
+
+
+def field_of_view(volume: Volume, grid_affine: np.ndarray, grid_shape: tuple[int, ...]) -> np.ndarray:
+    """Which voxels of a model grid (RAS ``grid_affine``) lie inside ``volume``'s acquired block (its voxel
+    centres, give or take half a voxel: what linear interpolation reaches)."""
+    to_index = np.linalg.inv(ras_affine(volume)) @ grid_affine
+    axes = [np.arange(n, dtype=np.float32) for n in grid_shape]
+    inside = np.ones(grid_shape, dtype=bool)
+    for row, n in zip(to_index[:3], volume.shape, strict=True):
+        # the index along this axis of the volume, for every grid voxel (separable: a sum of three ramps)
+        index = (row[0] * axes[0][:, None, None] + row[1] * axes[1][None, :, None]
+                 + row[2] * axes[2][None, None, :] + row[3]).astype(np.float32)
+        inside &= (index >= -0.5) & (index <= n - 0.5)
+    return inside

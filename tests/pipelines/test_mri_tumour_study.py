@@ -28,7 +28,7 @@ def test_demo_model_loads_as_a_volume_segmenter() -> None:
     model = registry.get("mri_tumour_study")
     assert isinstance(model, StudySegmentationModel) and isinstance(model, VolumeSegmenter)
     assert model.roles == ("t1c", "t1", "t2", "flair") and model.optional_roles == {"t1", "t2"}
-    assert model.preprocessing.pixdim == (2.0, 2.0, 2.0) and model.postprocessing.activation == "softmax"
+    assert model.preprocessing.pixdim == (1.5, 1.5, 1.5) and model.postprocessing.activation == "softmax"
     assert model.gradcam_module() is not None
 
 
@@ -121,3 +121,19 @@ def test_a_sigmoid_model_writes_overlapping_regions(tmp_path: Path) -> None:
         path = tmp_path / f"sig{i}.dcm"
         ds.save_as(path, enforce_file_format=True)
         assert dciodvfy_errors(path) == [], ds.Modality
+
+
+def test_a_tumour_free_head_with_partial_coverage_gets_no_label() -> None:
+    """A held-out tumour-free study whose T2 (sagittal, 40 x 4 mm) and FLAIR (50 x 3 mm) cover less than the
+    tilted T1c: outside their slabs the network saw padding, and the shipped model called 16.5 mL of scalp
+    there "enhancing tumour" before such voxels were excluded."""
+    from neuronova.models.train_multiseq import heldout_protocols
+    from neuronova.pipelines.mri_tumour_study import segment_study
+    from neuronova.pipelines.volume import load_series
+
+    model = ModelRegistry.load(device="cpu", model_ids=("mri_tumour_study",)).get("mri_tumour_study")
+    protocols = heldout_protocols()
+    study = make_study(950011, protocol=protocols[11 % len(protocols)], n_tumours=0)
+    result = segment_study({role: load_series(s.datasets) for role, s in study.series.items()}, model)
+    assert result.model_input.covered is not None and not result.model_input.covered.all()
+    assert result.volumes_ml["whole tumour"] == 0.0, result.volumes_ml

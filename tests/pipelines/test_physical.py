@@ -11,7 +11,7 @@ import pytest
 from neuronova.errors import SeriesError
 from neuronova.models.volumetric import Preprocessing
 from neuronova.phantoms.study import Acquisition, make_study
-from neuronova.pipelines.physical import prepare
+from neuronova.pipelines.physical import field_of_view, prepare
 from neuronova.pipelines.volume import Volume, load_series
 
 ROLES = ("t1c", "t1", "t2", "flair")
@@ -103,3 +103,31 @@ def test_another_frame_of_reference_is_refused(study) -> None:
     with pytest.raises(SeriesError) as info:
         prepare(volumes, roles=ROLES, optional_roles=frozenset(), preprocessing=GEOMETRY_ONLY)
     assert info.value.code == "FRAME_OF_REFERENCE_MISMATCH" and "registration" in info.value.message
+
+
+def test_voxels_a_series_did_not_see_are_marked(study) -> None:
+    """A series covers a slab of the head (FLAIR, T2 of few thick slices): outside a required role's slab the
+    model saw only padding, so that is recorded (no label is given there); an optional role is zeroed there."""
+    volumes = {}
+    for role, volume in truth_volumes(study).items():
+        ones = copy.copy(volume)
+        ones.array = np.ones(volume.shape, dtype=np.float32)
+        volumes[role] = ones
+    model_input = prepare(volumes, roles=ROLES, optional_roles=frozenset({"t2"}), preprocessing=GEOMETRY_ONLY)
+    image = model_input.image
+    # where each resampled channel is 1 is where its series is (the padding is 0)
+    seen = {role: image[i] > 0.5 for i, role in enumerate(ROLES)}
+    assert seen["t1c"].all()  # the reference defines the grid
+    covered = model_input.covered
+    assert covered is not None and 0.05 < covered.mean() < 0.999
+    # covered: inside every required series (t1, flair), give or take the half voxel at the edges
+    required = seen["t1"] & seen["flair"]
+    assert (covered ^ required).mean() < 0.02
+    t2_slab = field_of_view(volumes["t2"], model_input.affine, covered.shape)
+    assert (t2_slab ^ (image[ROLES.index("t2")] > 0.5)).mean() < 0.02 and not t2_slab.all()
+    assert not image[ROLES.index("t2")][~t2_slab].any()
+    probabilities = np.full((4, *covered.shape), 0.25, dtype=np.float32)
+    restricted = model_input.restrict(probabilities, activation="softmax")
+    assert (restricted[0][~covered] == 1).all() and not restricted[1:, ~covered].any()
+    assert (restricted[:, covered] == 0.25).all()
+    assert not model_input.restrict(probabilities, activation="sigmoid")[:, ~covered].any()

@@ -56,8 +56,12 @@ def _sync() -> None:
 
 
 def _timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+    """The median of ``repeats`` calls after a first, warming one; ``repeats`` 0: the first call's time."""
+    t = time.perf_counter()
     out = fn()  # warm (first call of this configuration)
     _sync()
+    if repeats == 0:
+        return time.perf_counter() - t, out
     times = []
     for _ in range(repeats):
         t = time.perf_counter()

@@ -59,6 +59,48 @@ def _uid(*parts: object) -> str:
     return f"2.25.{uuid.uuid5(_UID_NAMESPACE, '/'.join(str(p) for p in parts)).int}"
 
 
+def phantom_header(*, sop_class: str, sop_uid: str, study_uid: str, study_date: str, seed: int, series_uid: str,
+                   series_number: int, modality: str, frame_uid: str, patient_name: str, patient_id: str,
+                   accession: str, study_description: str, series_description: str, body_part: str,
+                   model_name: str) -> Dataset:
+    """One phantom instance's file meta and patient, study, series, frame-of-reference and equipment modules
+    (the image modules are the caller's)."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = sop_uid
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.InstanceCreationDate = study_date
+    # Patient and study
+    ds.PatientName = patient_name
+    ds.PatientID = patient_id
+    ds.PatientBirthDate = ""
+    ds.PatientSex = "O"
+    ds.StudyInstanceUID = study_uid
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = study_date
+    ds.StudyTime = "120000"
+    ds.SeriesTime = ds.ContentTime = f"12{series_number % 60:02d}00"
+    ds.ReferringPhysicianName = ""
+    ds.StudyID = f"{seed % 10**6}"
+    ds.AccessionNumber = accession[:16]
+    ds.StudyDescription = study_description
+    # Series, frame of reference, equipment
+    ds.Modality = modality
+    ds.SeriesInstanceUID = series_uid
+    ds.SeriesNumber = series_number
+    ds.SeriesDescription = series_description
+    ds.PatientPosition = "HFS"
+    ds.BodyPartExamined = body_part
+    ds.FrameOfReferenceUID = frame_uid
+    ds.PositionReferenceIndicator = ""
+    ds.Manufacturer = "NeuroNova phantom"
+    ds.ManufacturerModelName = model_name
+    return ds
+
+
 def phantom_to_datasets(phantom: Phantom, *, patient_id: str | None = None, patient_name: str | None = None,
                         study_instance_uid: str | None = None, series_number: int = 1) -> list[Dataset]:
     """Encode a phantom as one single-frame instance per axial slice (inferior to superior)."""
@@ -79,39 +121,15 @@ def phantom_to_datasets(phantom: Phantom, *, patient_id: str | None = None, pati
 
     datasets = []
     for k in range(nz):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SpecificCharacterSet = "ISO_IR 100"
-        ds.SOPClassUID = CTImageStorage if modality == "CT" else MRImageStorage
-        ds.SOPInstanceUID = _uid("instance", series_uid, k)
-        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.InstanceCreationDate = study_date
-        # Patient and study
-        ds.PatientName = patient_name or f"Phantom^{modality}{seed}"
-        ds.PatientID = patient_id or f"PHANTOM-{modality}-{seed:06d}"
-        ds.PatientBirthDate = ""
-        ds.PatientSex = "O"
-        ds.StudyInstanceUID = study_uid
-        ds.StudyDate = ds.SeriesDate = ds.ContentDate = study_date
-        ds.StudyTime = "120000"
-        ds.SeriesTime = ds.ContentTime = f"12{series_number % 60:02d}00"
-        ds.ReferringPhysicianName = ""
-        ds.StudyID = f"{seed % 10**6}"
-        ds.AccessionNumber = f"NN{modality}{seed:08d}"[:16]
-        ds.StudyDescription = "Synthetic head phantom - not patient data"
-        # Series, frame of reference, equipment
-        ds.Modality = modality
-        ds.SeriesInstanceUID = series_uid
-        ds.SeriesNumber = series_number
-        ds.SeriesDescription = "Phantom T1 post-contrast axial" if modality == "MR" else "Phantom CT head non-contrast"
-        ds.PatientPosition = "HFS"
-        ds.BodyPartExamined = "BRAIN" if modality == "MR" else "HEAD"
-        ds.FrameOfReferenceUID = frame_uid
-        ds.PositionReferenceIndicator = ""
-        ds.Manufacturer = "NeuroNova phantom"
-        ds.ManufacturerModelName = "neuronova.phantoms"
+        ds = phantom_header(
+            sop_class=CTImageStorage if modality == "CT" else MRImageStorage, sop_uid=_uid("instance", series_uid, k),
+            study_uid=study_uid, study_date=study_date, seed=seed, series_uid=series_uid,
+            series_number=series_number, modality=modality, frame_uid=frame_uid,
+            patient_name=patient_name or f"Phantom^{modality}{seed}",
+            patient_id=patient_id or f"PHANTOM-{modality}-{seed:06d}",
+            accession=f"NN{modality}{seed:08d}", study_description="Synthetic head phantom - not patient data",
+            series_description="Phantom T1 post-contrast axial" if modality == "MR" else "Phantom CT head non-contrast",
+            body_part="BRAIN" if modality == "MR" else "HEAD", model_name="neuronova.phantoms")
         # Image
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL" if modality == "CT" else "OTHER"]
         ds.InstanceNumber = k + 1

@@ -22,11 +22,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
+from pydicom.dataset import Dataset
+from pydicom.uid import MRImageStorage
 from scipy import ndimage
 
-from neuronova.phantoms.dicom import _uid
+from neuronova.phantoms.dicom import _uid, phantom_header
 from neuronova.phantoms.head import (
     EDEMA, ENHANCING, GREY, NECROTIC, WHITE, Anatomy, TumourSpec, _texture, draw_anatomy,
 )
@@ -277,37 +277,12 @@ def series_datasets(image: np.ndarray, affine: np.ndarray, acq: Acquisition, *, 
         np.random.default_rng([seed, series_number]).shuffle(order)
     datasets = []
     for number, k in enumerate(order, start=1):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SpecificCharacterSet = "ISO_IR 100"
-        ds.SOPClassUID = MRImageStorage
-        ds.SOPInstanceUID = _uid("instance", series_uid, k)
-        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.InstanceCreationDate = study_date
-        ds.PatientName = f"Phantom^MR4{seed}"
-        ds.PatientID = patient_id or f"PHANTOM-MR4-{seed:06d}"
-        ds.PatientBirthDate = ""
-        ds.PatientSex = "O"
-        ds.StudyInstanceUID = study_uid
-        ds.StudyDate = ds.SeriesDate = ds.ContentDate = study_date
-        ds.StudyTime = "120000"
-        ds.SeriesTime = ds.ContentTime = f"12{series_number % 60:02d}00"
-        ds.ReferringPhysicianName = ""
-        ds.StudyID = f"{seed % 10**6}"
-        ds.AccessionNumber = f"NN4{seed:08d}"[:16]
-        ds.StudyDescription = "Synthetic brain tumour protocol - not patient data"
-        ds.Modality = "MR"
-        ds.SeriesInstanceUID = series_uid
-        ds.SeriesNumber = series_number
-        ds.SeriesDescription = f"{description} {plane}"
-        ds.PatientPosition = "HFS"
-        ds.BodyPartExamined = "BRAIN"
-        ds.FrameOfReferenceUID = frame_uid
-        ds.PositionReferenceIndicator = ""
-        ds.Manufacturer = "NeuroNova phantom"
-        ds.ManufacturerModelName = "neuronova.phantoms.study"
+        ds = phantom_header(
+            sop_class=MRImageStorage, sop_uid=_uid("instance", series_uid, k), study_uid=study_uid,
+            study_date=study_date, seed=seed, series_uid=series_uid, series_number=series_number, modality="MR",
+            frame_uid=frame_uid, patient_name=f"Phantom^MR4{seed}", patient_id=patient_id or f"PHANTOM-MR4-{seed:06d}",
+            accession=f"NN4{seed:08d}", study_description="Synthetic brain tumour protocol - not patient data",
+            series_description=f"{description} {plane}", body_part="BRAIN", model_name="neuronova.phantoms.study")
         ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
         ds.InstanceNumber = number
         ds.AcquisitionNumber = 1

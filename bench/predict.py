@@ -175,7 +175,6 @@ def ct_slice_bytes(matrix: int) -> bytes:
 def micro(model_dir: Path, image: bytes, torch_threads: int) -> dict[str, float]:
     """In-process medians (ms) of the steps a request takes: decode, ONNX forward and Grad-CAM per item at
     batch 1 and 8, and drawing the response's pictures. The servers are not running yet."""
-    import numpy as np
     import torch
 
     from neuronova.models import ModelRegistry

@@ -9,8 +9,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 from pathlib import Path
 
 import httpx
@@ -40,6 +41,22 @@ def dciodvfy_errors(path: Path | str) -> list[str]:
     proc = subprocess.run(["dciodvfy", "-new", str(path)], capture_output=True, text=True, timeout=60)
     return [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Error")]
 
+
+
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T], timeout: float = 10.0, what: str = "condition", *,
+             interval: float = 0.02) -> T:
+    """``check()``'s first true value, polled every ``interval`` seconds; AssertionError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
 
 @dataclass
 class NodeProcess:

@@ -3,7 +3,7 @@ node, processed, and the SEG, SR and overlays come back into the same study in O
 
 from __future__ import annotations
 
-import time
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -11,7 +11,7 @@ import pydicom
 import pytest
 
 from neuronova.phantoms.dicom import make_ct_study, make_mr_study, write_series
-from tests.conftest import REPO, OrthancProcess, dciodvfy_errors, get_port, storescu
+from tests.conftest import REPO, OrthancProcess, dciodvfy_errors, get_port, storescu, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -35,14 +35,7 @@ def _orthanc_results(orthanc: OrthancProcess, study_uid: str) -> dict[str, int]:
     return counts
 
 
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
+_wait = partial(wait_for, interval=0.5)  # polls the node over HTTP: twice a second is enough
 
 
 def _study_status(node, study_uid: str) -> dict:

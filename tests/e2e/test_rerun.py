@@ -7,7 +7,7 @@ results. Run 1 on a study with three tumours (SEG, SR, an overlay per key slice:
 from __future__ import annotations
 
 import io
-import time
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -15,19 +15,12 @@ import pydicom
 import pytest
 
 from neuronova.phantoms.dicom import make_mr_study, write_series
-from tests.conftest import dciodvfy_errors, get_port, storescu
+from tests.conftest import dciodvfy_errors, get_port, storescu, wait_for
 from tests.outbox.conftest import ShippedOrthanc
 
 pytestmark = pytest.mark.slow
 
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
+_wait = partial(wait_for, interval=0.5)  # polls the node over HTTP: twice a second is enough
 
 
 def _job(node, study_uid: str, run: int) -> dict | None:

@@ -8,7 +8,6 @@ import subprocess
 from pathlib import Path
 
 import pydicom
-import pytest
 from pynetdicom import AE
 from pydicom.data import get_testdata_file
 

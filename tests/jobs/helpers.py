@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import io
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
 
 from neuronova.config import Settings
 from neuronova.store import InstanceStore
+from tests.conftest import wait_for  # noqa: F401 - the jobs tests import it from here
 from tests.factory import make_series
 
-T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -45,14 +43,3 @@ def settings_for(data_dir: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {"data_dir": data_dir, "heartbeat_seconds": 0.2, "max_attempts": 3}
     values.update(overrides)
     return Settings(**values)
-
-
-def wait_for(check: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.02, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)

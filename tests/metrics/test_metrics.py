@@ -5,9 +5,9 @@ back from the scrape."""
 from __future__ import annotations
 
 import subprocess
-import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from neuronova.phantoms.dicom import make_ct_study, write_series
-from tests.conftest import DCMTK_ENV, get_port, storescu
+from tests.conftest import DCMTK_ENV, get_port, storescu, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -54,14 +54,7 @@ def start(node_factory: Callable[..., Any], *args: str, env: dict[str, str] | No
     return node
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
+wait_for_node = partial(wait_for, interval=0.5)  # polls the node over HTTP: twice a second is enough
 
 
 def _multipart(parts: list[bytes]) -> tuple[bytes, str]:
@@ -102,12 +95,12 @@ def test_metrics_follow_ingest_jobs_and_delivery(tmp_path: Path, node_factory) -
     assert r.status_code == 202, r.text
 
     study_uid = str(study.datasets[0].StudyInstanceUID)
-    sending = wait_for(lambda: (j := _job(node, study_uid)) and j["state"] in ("sending", "failed") and j,
+    sending = wait_for_node(lambda: (j := _job(node, study_uid)) and j["state"] in ("sending", "failed") and j,
                        180, "the job to reach sending")
     assert sending["state"] == "sending", sending["error"]
     results = len(sending["results"])
     assert results == 3  # the SR, the Grad-CAM overlay and the Grad-CAM Parametric Map
-    text, mid = wait_for(lambda: (s := scrape(node)) and total(s[1], "neuronova_delivery_failures_total") > 0 and s,
+    text, mid = wait_for_node(lambda: (s := scrape(node)) and total(s[1], "neuronova_delivery_failures_total") > 0 and s,
                          60, "a failed delivery counted")
 
     assert value(mid, "neuronova_instances_received_total", path="dimse") == len(by_dimse)
@@ -131,12 +124,12 @@ def test_metrics_follow_ingest_jobs_and_delivery(tmp_path: Path, node_factory) -
     scp = subprocess.Popen(["storescp", "-aet", "DEST", "-od", str(received), str(dest_port)], env=DCMTK_ENV,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        done = wait_for(lambda: (j := _job(node, study_uid)) and j["state"] == "done" and j, 120, "delivery")
+        done = wait_for_node(lambda: (j := _job(node, study_uid)) and j["state"] == "done" and j, 120, "delivery")
     finally:
         scp.terminate()
         scp.wait(10)
     assert len(list(received.iterdir())) == results
-    text, end = wait_for(lambda: (s := scrape(node)) and value(s[1], "neuronova_studies", state="stable") == 1 and s,
+    text, end = wait_for_node(lambda: (s := scrape(node)) and value(s[1], "neuronova_studies", state="stable") == 1 and s,
                          30, "the study stable again")
     # two stable generations: the inputs, then the study with the results in it (no new job: inputs unchanged)
     assert value(end, "neuronova_studies_stable_total") == 2

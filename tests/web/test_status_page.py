@@ -9,8 +9,8 @@ import re
 import secrets
 import shutil
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from functools import partial
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from neuronova.phantoms.dicom import make_ct_study, write_series
-from tests.conftest import DCMTK_ENV, NodeProcess, get_port, storescu
+from tests.conftest import DCMTK_ENV, NodeProcess, get_port, storescu, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -28,14 +28,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 PIPELINE = "ct_classification"
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
+wait_for_node = partial(wait_for, interval=0.5)  # polls the node over HTTP: twice a second is enough
 
 
 class Page(HTMLParser):
@@ -94,7 +87,7 @@ def processed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
             assert not [j for j in jobs if j["state"] == "failed"], jobs
             return next((j for j in jobs if j["pipeline"] == PIPELINE and j["state"] == "done"), None)
 
-        job = wait_for(done, 240, "the CT job done and delivered")
+        job = wait_for_node(done, 240, "the CT job done and delivered")
         yield {"node": node, "study_uid": study_uid, "job": job}
     finally:
         node.stop()

@@ -17,7 +17,6 @@ from pydicom.uid import Comprehensive3DSRStorage
 
 from neuronova.writers import (
     NOT_FOR_CLINICAL_USE,
-    SegmentStat,
     compute_segment_stats,
     write_classification_report,
     write_segmentation,

@@ -58,8 +58,48 @@ def wait_for(check: Callable[[], T], timeout: float = 10.0, what: str = "conditi
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
 
+
+class ChildServer:
+    """A server the tests run as a child process (``proc``): waiting for its /health, SIGKILL, SIGTERM."""
+
+    proc: subprocess.Popen[bytes] | None
+    #: Seconds ``stop`` waits after SIGTERM before SIGKILL.
+    stop_seconds = 15.0
+    #: What messages call it.
+    name = "server"
+
+    def wait_healthy(self, url: str, timeout: float, *, log: Path, interval: float = 0.1) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {log}: "
+                                   f"{log.read_text(errors='replace')[-3000:]}")
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(interval)
+        raise RuntimeError(f"{self.name} did not answer /health in {timeout} s")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(self.stop_seconds)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
 @dataclass
-class NodeProcess:
+class NodeProcess(ChildServer):
+    name = "node"
     data_dir: Path
     http_port: int
     dimse_port: int
@@ -84,33 +124,10 @@ class NodeProcess:
         cmd = [sys.executable, "-m", "neuronova.cli", "serve", "--data-dir", str(self.data_dir),
                "--http-port", str(self.http_port), "--dimse-port", str(self.dimse_port),
                "--dimse-host", "127.0.0.1", *self.extra_args]
-        log = open(self.data_dir.parent / f"node-{self.http_port}.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"node exited with {self.proc.returncode}; see {log.name}")
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("node did not answer /health in time")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        log = self.data_dir.parent / f"node-{self.http_port}.log"
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        self.wait_healthy(self.url, timeout, log=log)
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import os
 import random
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import pydicom
 import pytest
 from pynetdicom import AE
 
-from tests.conftest import REPO, get_port
+from tests.conftest import REPO, ChildServer, get_port
 from tests.factory import make_series
 from tests.ingest.corpus import encode
 
@@ -75,41 +74,21 @@ def powercut_fs(tmp_path: Path):
 
 
 @dataclass
-class IngestProcess:
+class IngestProcess(ChildServer):
     data_dir: Path
     log: Path
     dimse_port: int = field(default_factory=get_port)
     http_port: int = field(default_factory=get_port)
     proc: subprocess.Popen[bytes] | None = None
+    stop_seconds = 10.0
+    name = "the ingest process"
 
     def start(self) -> None:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "tests.ingest.ingest_node", str(self.data_dir), str(self.dimse_port),
                  str(self.http_port)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()[-3000:]
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.http_port}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError("the ingest process did not start")
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        self.wait_healthy(f"http://127.0.0.1:{self.http_port}", 60, log=self.log, interval=0.05)
 
 
 class Sender:

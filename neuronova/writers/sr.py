@@ -37,6 +37,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 from pydicom.uid import SegmentationStorage
 
 from neuronova.writers import codes as nn_codes
@@ -436,61 +437,35 @@ def write_classification_report(
     driving_image = images[driving]
     whole_slice = _frame_outline(driving_image)
     groups: list[object] = []
+
+    def inferred_group(kind: str, index: int, label: str, finding: str, measure: Code, value: float,
+                       outline: np.ndarray, comment: str) -> None:
+        """One TID 1501 group: a value inferred from a region of the driving slice (TID 300 INFERRED FROM
+        TID 320: a SCOORD viewers can place; an IMAGE reference they cannot draw), with a comment."""
+        group = hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=scope.tracking(f"{KIND_CLS_REPORT}-{kind}", index),
+                                                         identifier=label[:64]),
+            finding_type=class_code[finding],
+            algorithm_id=algorithm_id,
+            measurements=[hd.sr.Measurement(
+                name=measure, value=round(value, 6), unit=nn_codes.NO_UNITS,
+                referenced_coordinates=[hd.sr.CoordinatesForMeasurement(
+                    graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=outline,
+                    source_image=hd.sr.SourceImageForRegion.from_source_image(driving_image))])],
+        )
+        group[0].ContentSequence.append(_comment(comment))
+        groups.append(group)
+
     for index, (name, probability) in enumerate(probs.items(), start=1):
         predicted = name == predicted_class
-        group = hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=scope.tracking(f"{KIND_CLS_REPORT}-class", index),
-                    identifier=f"{'Predicted' if predicted else 'Class'}: {name} {probability:.0%}"[:64],
-                ),
-                finding_type=class_code[name],
-                algorithm_id=algorithm_id,
-                measurements=[
-                    hd.sr.Measurement(
-                        name=nn_codes.PROBABILITY,
-                        value=round(probability, 6),
-                        unit=nn_codes.NO_UNITS,
-                        # Inferred from the driving slice: as a SCOORD of the whole slice (TID 300 INFERRED
-                        # FROM TID 320), which viewers can place; an IMAGE reference they cannot draw.
-                        referenced_coordinates=[
-                            hd.sr.CoordinatesForMeasurement(
-                                graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-                                graphic_data=whole_slice,
-                                source_image=hd.sr.SourceImageForRegion.from_source_image(driving_image),
-                            )
-                        ],
-                    )
-                ],
-            )
-        group[0].ContentSequence.append(_comment(f"{name} (predicted)" if predicted else name))
-        groups.append(group)
+        # the probability is a whole-slice measurement: its region is the driving slice
+        inferred_group("class", index, f"{'Predicted' if predicted else 'Class'}: {name} {probability:.0%}", name,
+                       nn_codes.PROBABILITY, probability, whole_slice, f"{name} (predicted)" if predicted else name)
     for index, (x, y, w, h, importance) in enumerate(boxes, start=1):
+        # the importance was inferred from this box of the Grad-CAM map
         box = np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h], [x, y]], dtype=np.float32)
-        group = hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=scope.tracking(f"{KIND_CLS_REPORT}-region", index),
-                identifier=f"Grad-CAM region {index} ({explained})"[:64],
-            ),
-            finding_type=class_code[explained],
-            algorithm_id=algorithm_id,
-            measurements=[
-                hd.sr.Measurement(
-                    name=nn_codes.SCORE,
-                    value=round(importance, 6),
-                    unit=nn_codes.NO_UNITS,
-                    # The importance was inferred from this box of the Grad-CAM map (TID 300 INFERRED FROM).
-                    referenced_coordinates=[
-                        hd.sr.CoordinatesForMeasurement(
-                            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-                            graphic_data=box,
-                            source_image=hd.sr.SourceImageForRegion.from_source_image(driving_image),
-                        )
-                    ],
-                )
-            ],
-        )
-        group[0].ContentSequence.append(_comment(f"Grad-CAM region {index} ({explained})"))
-        groups.append(group)
+        inferred_group("region", index, f"Grad-CAM region {index} ({explained})", explained, nn_codes.SCORE,
+                       importance, box, f"Grad-CAM region {index} ({explained})")
 
     if indeterminate:
         summary = (

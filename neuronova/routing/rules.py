@@ -251,14 +251,7 @@ def _parse_studies(raw: Any, *, source: str, known: frozenset[str] | None) -> di
         where = f"routing rules {source}: study {position}"
         if not isinstance(table, Mapping):
             raise ConfigError(f"{where}: must be a table")
-        unknown = set(table) - STUDY_KEYS
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(STUDY_KEYS)}")
-        pipeline = table.get("pipeline")
-        if not isinstance(pipeline, str) or not pipeline.strip():
-            raise ConfigError(f"{where}: key 'pipeline' is required (a non-empty string)")
-        if known is not None and pipeline not in known:
-            raise ConfigError(f"{where}: key 'pipeline': no pipeline named {pipeline!r}; known: {sorted(known)}")
+        pipeline = _table_pipeline(table, where=where, keys=STUDY_KEYS, known=known)
         if pipeline in out:
             raise ConfigError(f"{where}: pipeline {pipeline!r} has two [[study]] tables")
         roles = table.get("roles")
@@ -287,6 +280,20 @@ def _parse_studies(raw: Any, *, source: str, known: frozenset[str] | None) -> di
     return out
 
 
+def _table_pipeline(table: Mapping[str, Any], *, where: str, keys: frozenset[str] | set[str],
+                    known: frozenset[str] | None) -> str:
+    """A rules table's keys checked against ``keys``, and its pipeline (one of ``known`` when given)."""
+    unknown = set(table) - keys
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(keys)}")
+    pipeline = table.get("pipeline")
+    if not isinstance(pipeline, str) or not pipeline.strip():
+        raise ConfigError(f"{where}: key 'pipeline' is required (a non-empty string)")
+    if known is not None and pipeline not in known:
+        raise ConfigError(f"{where}: key 'pipeline': no pipeline named {pipeline!r}; known: {sorted(known)}")
+    return pipeline
+
+
 def _parse_rule(raw: Any, *, where: str, known: frozenset[str] | None) -> Rule | None:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: must be a table")
@@ -294,14 +301,7 @@ def _parse_rule(raw: Any, *, where: str, known: frozenset[str] | None) -> Rule |
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"{where}: key 'name' is required (a non-empty string)")
     where = f"{where} ({name!r})"
-    unknown = set(raw) - KNOWN_KEYS
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(KNOWN_KEYS)}")
-    pipeline = raw.get("pipeline")
-    if not isinstance(pipeline, str) or not pipeline.strip():
-        raise ConfigError(f"{where}: key 'pipeline' is required (a non-empty string)")
-    if known is not None and pipeline not in known:
-        raise ConfigError(f"{where}: key 'pipeline': no pipeline named {pipeline!r}; known: {sorted(known)}")
+    pipeline = _table_pipeline(raw, where=where, keys=KNOWN_KEYS, known=known)
     enabled = raw.get("enabled", True)
     if not isinstance(enabled, bool):
         raise ConfigError(f"{where}: key 'enabled' must be true or false, found {enabled!r}")

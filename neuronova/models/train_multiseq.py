@@ -175,7 +175,8 @@ def train(model_dir: Path, *, seed: int = 0, quick: bool = False, steps: int | N
             losses = _fit(module, data, cfg, steps=cfg["finetune_steps"], lr=cfg["finetune_lr"],
                           rng=np.random.default_rng([seed, 12]), what="fine-tuning")
         module.eval()
-        roi = [min(r, n) for r, n in zip(ROI_SIZE, _GRID, strict=True)] if quick else list(ROI_SIZE)
+        # within the grid, and a multiple of 8 (the UNet halves it three times)
+        roi = [min(r, n) // 8 * 8 for r, n in zip(ROI_SIZE, _GRID, strict=True)] if quick else list(ROI_SIZE)
         example = torch.zeros((1, len(ROLES), *roi))
         example[:, :, : _GRID[0], : _GRID[1], : _GRID[2]] = torch.from_numpy(
             data[0][0][:, : roi[0], : roi[1], : roi[2]].astype(np.float32))

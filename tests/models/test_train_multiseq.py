@@ -16,7 +16,7 @@ from neuronova.models.train_multiseq import MODEL_ID, ROLES, train, training_sam
 def test_training_samples_are_ras_and_reproducible() -> None:
     a_image, a_labels = training_sample(4242)
     b_image, b_labels = training_sample(4242)
-    assert a_image.shape == (len(ROLES), 104, 120, 88) and np.array_equal(a_image, b_image)
+    assert a_image.shape == (len(ROLES), 139, 160, 117) and np.array_equal(a_image, b_image)
     assert np.array_equal(a_labels, b_labels)
     # normalised per channel over the head: the head's mean is about 0
     head = a_labels >= 0

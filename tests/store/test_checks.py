@@ -164,7 +164,9 @@ def test_the_checks_cost_little(tmp_path: Path) -> None:
 
 def test_concurrent_index_rows_share_commits(tmp_path: Path) -> None:
     """Group commit: rows indexed at the same time go in shared transactions, and every one is there."""
+    import contextlib
     import threading
+    import time
 
     from neuronova.store.scan import scan_part10 as scan
 
@@ -172,9 +174,12 @@ def test_concurrent_index_rows_share_commits(tmp_path: Path) -> None:
     commits = []
     real = store.index.transaction
 
+    @contextlib.contextmanager
     def counting():
         commits.append(1)
-        return real()
+        with real() as db:
+            time.sleep(0.005)  # a commit that takes time (a flush), as on a busy disk: others queue behind it
+            yield db
 
     store.index.transaction = counting  # type: ignore[method-assign]
     series = [encode(ds) for ds in make_series(40)]

@@ -185,7 +185,7 @@ class MriTumourStudy(ModelPipeline):
 
 
 def _explain(model_input: ModelInput, target: tuple[torch.nn.Module, torch.nn.Module], budget: float) -> np.ndarray:
-    from neuronova.xai import explain_segmentation
+    from neuronova.xai import body_mask, explain_segmentation, restrict_to_body
 
     module, layer = target
     device = next(module.parameters()).device
@@ -198,9 +198,12 @@ def _explain(model_input: ModelInput, target: tuple[torch.nn.Module, torch.nn.Mo
     big[:] = image.reshape(image.shape[0], -1).min(1)[:, None, None, None]
     big[:, : shape[0], : shape[1], : shape[2]] = image
     tensor = torch.from_numpy(big[None]).to(device)
-    exp = explain_segmentation(module, layer, tensor, time_budget_s=budget)
+    exp = explain_segmentation(module, layer, tensor, time_budget_s=budget, body=False)
     cam = exp.cam[: shape[0], : shape[1], : shape[2]]
-    return np.clip(model_input.to_reference(cam[None].astype(np.float32))[0], 0.0, 1.0)
+    on_reference = model_input.to_reference(cam[None].astype(np.float32))[0]
+    # Restricted to the head found in the reference series' own images, as the single-series pipeline does:
+    # a mask found on the resampled, padded model grid missed the air the inverse brings back at the edges.
+    return restrict_to_body(on_reference, body_mask(model_input.reference.array))
 
 
 def _write(context: PipelineContext, pipeline: str, algorithm_name: str, model: Any, result: StudySegmentation,

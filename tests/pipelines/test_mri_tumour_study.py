@@ -137,3 +137,20 @@ def test_a_tumour_free_head_with_partial_coverage_gets_no_label() -> None:
     result = segment_study({role: load_series(s.datasets) for role, s in study.series.items()}, model)
     assert result.model_input.covered is not None and not result.model_input.covered.all()
     assert result.volumes_ml["whole tumour"] == 0.0, result.volumes_ml
+
+
+def test_study_grad_cam_puts_no_heat_on_air() -> None:
+    """The map comes back through the inverse of the resampling with air at the edges of the reference field
+    of view: it is restricted to the head found in the reference series' own images (OHIF showed the 1.1.0
+    map hottest in the corners before)."""
+    from neuronova.pipelines.mri_tumour_study import _explain, segment_study
+    from neuronova.pipelines.volume import load_series
+    from neuronova.xai import body_mask
+
+    model = ModelRegistry.load(device="cpu", model_ids=("mri_tumour_study",)).get("mri_tumour_study")
+    study = make_study(950003, protocol=small_protocol(), n_tumours=1)
+    result = segment_study({role: load_series(s.datasets) for role, s in study.series.items()}, model)
+    cam = _explain(result.model_input, model.gradcam_module(), 60.0)
+    body = body_mask(result.model_input.reference.array)
+    assert cam.shape == body.shape and cam.max() == 1.0
+    assert not cam[~body].any()
